@@ -1,0 +1,75 @@
+"""Metrics as plain functions: (predictions, references) -> dict of floats.
+
+Computed with scikit-learn directly (``evaluate.load`` fetches code from the hub and fails offline).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+    r2_score,
+)
+
+
+def single_label_metrics(pred: Sequence[int], ref: Sequence[int], label_names: list[str]) -> dict[str, Any]:
+    labels = list(range(len(label_names)))
+    out: dict[str, Any] = {"accuracy": float(accuracy_score(ref, pred))}
+    for avg in ("macro", "micro"):
+        p, r, f, _ = precision_recall_fscore_support(ref, pred, labels=labels, average=avg, zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+    out["per_class"] = _per_class(classification_report(
+        ref, pred, labels=labels, target_names=label_names, output_dict=True, zero_division=0), label_names)
+    out["confusion_matrix"] = confusion_matrix(ref, pred, labels=labels).tolist()
+    return out
+
+
+def multi_label_metrics(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"subset_accuracy": float(accuracy_score(ref, pred))}
+    for avg in ("macro", "micro"):
+        p, r, f, _ = precision_recall_fscore_support(ref, pred, average=avg, zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+    out["per_class"] = _per_class(classification_report(
+        ref, pred, target_names=label_names, output_dict=True, zero_division=0), label_names)
+    return out
+
+
+def regression_metrics(pred: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:
+    from scipy.stats import pearsonr, spearmanr
+
+    p, r = np.asarray(pred, dtype=float), np.asarray(ref, dtype=float)
+    mse = float(mean_squared_error(r, p))
+    constant = np.std(p) == 0 or np.std(r) == 0
+    return {
+        "mse": mse,
+        "rmse": mse**0.5,
+        "mae": float(mean_absolute_error(r, p)),
+        "r2": float(r2_score(r, p)) if len(r) > 1 else 0.0,
+        "pearson": 0.0 if constant else float(pearsonr(p, r)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(p, r)[0]),
+    }
+
+
+def _per_class(report: dict[str, Any], label_names: list[str]) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            "precision": float(report[name]["precision"]),
+            "recall": float(report[name]["recall"]),
+            "f1": float(report[name]["f1-score"]),
+            "support": int(report[name]["support"]),
+        }
+        for name in label_names
+        if name in report
+    }
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Just the numbers (for logs, trackers, curves)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

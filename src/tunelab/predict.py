@@ -1,0 +1,111 @@
+"""Predictor: load an artifact and predict with exactly the preprocessing used in training.
+
+Example:
+    >>> from tunelab import Predictor
+    >>> predictor = Predictor.load("runs/demo")                     # doctest: +SKIP
+    >>> predictor.predict(["a warm, funny film", "a dull mess"])    # doctest: +SKIP
+    [{'label': 'positive', 'score': 0.97, 'scores': {...}}, {'label': 'negative', ...}]
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .artifact import find_artifact, read_manifest
+from .batching import pad_batch
+from .data import Records, read_records
+from .errors import ArtifactError
+from .inference import model_logits
+from .models import resolve_model
+from .tasks import TASKS
+
+
+def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any) -> torch.nn.Module:
+    """Rebuild the trained model: full weights load directly; an adapter goes on top of its base model."""
+    model_dir = artifact_dir / "model"
+    if manifest["model_format"] == "full":
+        model, _ = task.build_model(model_dir, dropout=None)
+        return model
+    import peft
+
+    base = manifest["base_model"]
+    resolved = resolve_model(base["name"], allow_network=bool(base.get("allow_network")))
+    model, _ = task.build_model(resolved.path, dropout=None)
+    return peft.PeftModel.from_pretrained(model, model_dir)
+
+
+def collate_for(task: Any, tokenizer: Any) -> Any:
+    return partial(pad_batch, pad_token_id=tokenizer.pad_token_id or 0, label_dtype=task.label_dtype)
+
+
+class Predictor:
+    """Predictions from a saved artifact: labels and scores, batched and length-sorted."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, task: Any, manifest: dict[str, Any], path: Path | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = task
+        self.manifest = manifest
+        self.path = path
+        self._collate = collate_for(task, tokenizer)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        """Load from an artifact directory (or a run directory containing ``artifact/``)."""
+        from transformers import AutoTokenizer
+
+        artifact_dir = find_artifact(path)
+        manifest = read_manifest(artifact_dir)
+        task_name = manifest["task"]["name"]
+        if task_name not in TASKS:
+            raise ArtifactError(f"{artifact_dir}: task {task_name!r} is not known to this tunelab version")
+        task = TASKS[task_name](manifest["task"]["state"])
+        tokenizer = AutoTokenizer.from_pretrained(artifact_dir / "tokenizer")
+        model = load_model(artifact_dir, manifest, task)
+        return cls(model, tokenizer, task, manifest, artifact_dir)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.task.labels)
+
+    def _records(self, inputs: Any) -> Records:
+        s = self.task.state
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], dict):
+            rows = []
+            for item in inputs:
+                if isinstance(item, (tuple, list)):
+                    if not s.get("text_pair_column") or len(item) != 2:
+                        raise ValueError("pairs (text, text_pair) need a model trained on sentence pairs")
+                    rows.append({s["text_column"]: item[0], s["text_pair_column"]: item[1]})
+                else:
+                    rows.append({s["text_column"]: item})
+            return Records(rows, "inputs", None, sorted({k for r in rows for k in r}))
+        return read_records(inputs, name="inputs")
+
+    def predict(self, inputs: str | Sequence[Any] | Any, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Predict for texts, (text, pair) tuples, dicts with the training columns, a DataFrame or a file.
+
+        Returns one dict per input: ``label`` and ``score`` (plus ``scores`` per label); ``labels`` for
+        multi-label; ``score`` for regression.
+        """
+        records = self._records(inputs)
+        if not len(records):
+            return []
+        features = self.task.encode(records, self.tokenizer, with_labels=False)
+        logits = model_logits(self.model, features, self._collate, batch_size)
+        return self.task.decode(logits)
+
+    def evaluate(self, data: Any, batch_size: int = 128) -> dict[str, Any]:
+        """The task's metrics on labelled records (same columns as training)."""
+        records = read_records(data)
+        features = self.task.encode(records, self.tokenizer, with_labels=True)
+        logits = model_logits(self.model, features, self._collate, batch_size)
+        import numpy as np
+
+        return self.task.compute_metrics(logits, np.asarray([f["labels"] for f in features]))

@@ -1,0 +1,244 @@
+"""Text classification: single-label, multi-label, regression, and sentence pairs.
+
+The same ``encode`` runs at training and at prediction time (no train/serve skew); ``state`` is the
+plain-data description of the label space that the artifact stores.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..data import Records, require_column
+from ..errors import DataError
+from .. import metrics as M
+
+
+class ClassificationTask:
+    name = "classification"
+    peft_task_type = "SEQ_CLS"
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+        self.problem_type: str = state["problem_type"]
+        self.labels: list[str] = state.get("labels", [])
+        self.label_to_id = {name: i for i, name in enumerate(self.labels)}
+
+    # ---- building the label space (training data only) -------------------------------------------
+    @classmethod
+    def from_training_data(cls, cfg: Config, train: Records) -> ClassificationTask:
+        d = cfg.data
+        state: dict[str, Any] = {
+            "problem_type": cfg.task.problem_type,
+            "text_column": d.text_column,
+            "text_pair_column": d.text_pair_column,
+            "label_column": d.label_column,
+            "label_separator": d.label_separator,
+            "max_length": d.max_length,
+            "threshold": cfg.task.threshold,
+        }
+        require_column(train, d.label_column, "labels", "data.label_column")
+        if cfg.task.problem_type != "regression":
+            seen: Counter[str] = Counter()
+            for i, row in enumerate(train.rows):
+                for name in _label_names(row.get(d.label_column), train, i, d.label_column, cfg.task.problem_type, d.label_separator):
+                    seen[name] += 1
+            if len(seen) < 2 and cfg.task.problem_type == "single_label":
+                raise DataError(f"{train.source}: column {d.label_column!r} has only one label ({list(seen)}); need two or more")
+            state["labels"] = sorted(seen, key=_natural_key)
+            state["label_counts"] = {k: seen[k] for k in state["labels"]}
+        return cls(state)
+
+    def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
+        if spec is None or self.problem_type == "regression":
+            return None
+        if spec == "balanced":
+            counts = np.array([self.state["label_counts"][n] for n in self.labels], dtype=float)
+            return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float)
+        unknown = set(spec) - set(self.labels)
+        if unknown:
+            raise DataError(f"train.class_weights names unknown labels {sorted(unknown)}; labels are {self.labels}")
+        return torch.tensor([float(spec.get(n, 1.0)) for n in self.labels], dtype=torch.float)
+
+    def stratify_keys(self, records: Records) -> list[str] | None:
+        if self.problem_type != "single_label":
+            return None
+        return [str(r.get(self.state["label_column"])).strip() for r in records.rows]
+
+    # ---- records -> features (shared by training and prediction) ---------------------------------
+    def encode(self, records: Records, tokenizer: Any, *, with_labels: bool) -> list[dict[str, Any]]:
+        s = self.state
+        require_column(records, s["text_column"], "input text", "data.text_column")
+        pair_col = s.get("text_pair_column")
+        if pair_col:
+            require_column(records, pair_col, "second text of the pair", "data.text_pair_column")
+        texts = [_text(row, s["text_column"], records, i) for i, row in enumerate(records.rows)]
+        pairs = [_text(row, pair_col, records, i) for i, row in enumerate(records.rows)] if pair_col else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=s["max_length"])
+        features = []
+        has_types = "token_type_ids" in enc
+        for i in range(len(texts)):
+            feat: dict[str, Any] = {"input_ids": enc["input_ids"][i]}
+            if has_types:
+                feat["token_type_ids"] = enc["token_type_ids"][i]
+            features.append(feat)
+        if with_labels:
+            require_column(records, s["label_column"], "labels", "data.label_column")
+            for i, row in enumerate(records.rows):
+                features[i]["labels"] = self._label_value(row.get(s["label_column"]), records, i)
+        return features
+
+    def _label_value(self, raw: Any, records: Records, i: int) -> Any:
+        col = self.state["label_column"]
+        if self.problem_type == "regression":
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise DataError(f"{records.where(i)}, column {col!r}: expected a number, got {raw!r}") from None
+            if not np.isfinite(value):
+                raise DataError(f"{records.where(i)}, column {col!r}: label is {value}")
+            return value
+        names = _label_names(raw, records, i, col, self.problem_type, self.state["label_separator"])
+        for name in names:
+            if name not in self.label_to_id:
+                raise DataError(
+                    f"{records.where(i)}, column {col!r}: unknown label {name!r}; "
+                    f"labels seen in training: {', '.join(self.labels)}"
+                )
+        if self.problem_type == "single_label":
+            return self.label_to_id[names[0]]
+        hot = [0.0] * len(self.labels)
+        for name in names:
+            hot[self.label_to_id[name]] = 1.0
+        return hot
+
+    @property
+    def label_dtype(self) -> torch.dtype:
+        return torch.long if self.problem_type == "single_label" else torch.float
+
+    # ---- model -----------------------------------------------------------------------------------
+    def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
+        """The base model with a classification head; returns it and the names of its new (head) modules."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        n = 1 if self.problem_type == "regression" else len(self.labels)
+        config = AutoConfig.from_pretrained(model_path)
+        config.num_labels = n
+        if self.labels:
+            config.id2label = dict(enumerate(self.labels))
+            config.label2id = dict(self.label_to_id)
+        config.problem_type = {
+            "single_label": "single_label_classification",
+            "multi_label": "multi_label_classification",
+            "regression": "regression",
+        }[self.problem_type]
+        if dropout is not None:
+            for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout"):
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
+            eos = config.eos_token_id
+            config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoder LMs: pool at last non-pad token
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # tunelab reports the new head itself
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_path, config=config, output_loading_info=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
+        return model, head
+
+    # ---- loss, decoding, metrics -----------------------------------------------------------------
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Summed (not averaged) loss over the batch, so gradient accumulation can normalise by the
+        number of examples in the whole accumulation window."""
+        if self.problem_type == "single_label":
+            return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
+        if self.problem_type == "multi_label":
+            per = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=weights, reduction="none")
+            return per.mean(dim=1).sum()
+        return F.mse_loss(logits.float().squeeze(-1), labels, reduction="sum")
+
+    def decode(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        if self.problem_type == "regression":
+            return [{"score": float(v)} for v in logits.reshape(-1)]
+        if self.problem_type == "multi_label":
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            th = self.state["threshold"]
+            return [
+                {"labels": [self.labels[j] for j in np.flatnonzero(p >= th)], "scores": dict(zip(self.labels, map(float, p)))}
+                for p in probs
+            ]
+        probs = _softmax(logits)
+        return [
+            {"label": self.labels[int(p.argmax())], "score": float(p.max()), "scores": dict(zip(self.labels, map(float, p)))}
+            for p in probs
+        ]
+
+    @property
+    def primary_metric(self) -> tuple[str, bool]:
+        """(metric name, higher is better)."""
+        return {"single_label": ("accuracy", True), "multi_label": ("f1_micro", True), "regression": ("rmse", False)}[
+            self.problem_type
+        ]
+
+    def compute_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        if self.problem_type == "single_label":
+            return M.single_label_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.labels)
+        if self.problem_type == "multi_label":
+            pred = (1.0 / (1.0 + np.exp(-logits)) >= self.state["threshold"]).astype(int)
+            return M.multi_label_metrics(pred, labels.astype(int), self.labels)
+        return M.regression_metrics(logits.reshape(-1), labels.reshape(-1))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _natural_key(name: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(name))
+    except ValueError:
+        return (1, name)
+
+
+def _text(row: dict[str, Any], column: str, records: Records, i: int) -> str:
+    if column not in row:
+        raise DataError(f"{records.where(i)}: column {column!r} is missing")
+    value = row[column]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise DataError(f"{records.where(i)}, column {column!r}: empty text")
+    text = str(value)
+    if not text.strip():
+        raise DataError(f"{records.where(i)}, column {column!r}: empty text")
+    return text
+
+
+def _label_names(raw: Any, records: Records, i: int, column: str, problem_type: str, separator: str) -> list[str]:
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)) or (isinstance(raw, str) and not raw.strip()):
+        raise DataError(f"{records.where(i)}, column {column!r}: missing label")
+    if problem_type == "multi_label":
+        items = raw if isinstance(raw, (list, tuple)) else str(raw).split(separator)
+        names = [_label_str(x) for x in items if str(x).strip()]
+        if not names:
+            raise DataError(f"{records.where(i)}, column {column!r}: no labels in {raw!r}")
+        return names
+    if isinstance(raw, (list, tuple, dict)):
+        raise DataError(f"{records.where(i)}, column {column!r}: expected one label, got {raw!r} (multi-label? set task.problem_type)")
+    return [_label_str(raw)]
+
+
+def _label_str(value: Any) -> str:
+    # 1 and 1.0 and "1" are the same label; labels are kept as strings in the label map.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()

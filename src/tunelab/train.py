@@ -1,0 +1,305 @@
+"""The training loop: one explicit loop on ``accelerate``, readable top to bottom.
+
+Per optimizer step: the micro-batches of one accumulation window each add
+``task loss (summed) / examples in the window`` plus any extra loss terms, so the loss is
+normalised over the whole window, not averaged per micro-batch. Then clip, optimizer and scheduler
+step. Every ``eval_every`` steps (default: once an epoch) the model is evaluated; the best weights
+are kept; early stopping watches the task's primary metric. Checkpoints carry the weights being
+trained, optimizer, scheduler, RNG states and the data position, so a killed run resumes exactly.
+
+Later features plug in without touching this file's shape: ``extra_losses`` (regularisers such as
+EWC), ``after_backward`` hooks (AdaLoRA's rank allocation), and the feature list (replay data).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .batching import epoch_batches
+from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, trainable_state
+from .config import TrainConfig
+from .errors import ConfigError, TrainingError
+from .inference import model_logits
+from .metrics import scalar_metrics
+
+Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class LoopInputs:
+    """Everything the loop needs, as plain values."""
+
+    model: torch.nn.Module
+    task: Any  # a task object: loss_sum, compute_metrics, primary_metric
+    train_features: list[dict[str, Any]]
+    val_features: list[dict[str, Any]]
+    collate: Collate
+    train: TrainConfig
+    learning_rate: float
+    head_names: list[str]
+    run_dir: Path
+    class_weights: torch.Tensor | None = None
+    extra_losses: list[Callable[[torch.nn.Module], torch.Tensor]] = field(default_factory=list)
+    after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
+    tracker_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_done: float
+    history: list[dict[str, float]]  # one row per optimizer step: step, epoch, loss, lr, grad_norm
+    evals: list[dict[str, Any]]  # one row per evaluation: step, epoch, metrics
+    best_step: int | None
+    best_metric: float | None
+    metric_name: str
+    stopped_early: bool
+    train_seconds: float
+    samples_seen: int
+    tokens_seen: int  # non-padding tokens
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+    windows_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum_steps)
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(windows_per_epoch * cfg.epochs))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, head_names: list[str]) -> torch.optim.Optimizer:
+    """Decay on weight matrices only (not biases or norms); the head may have its own learning rate."""
+    head_lr = cfg.head_learning_rate or lr
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        is_head = any(h in parts for h in head_names)
+        no_decay = p.ndim < 2 or "norm" in name.lower()
+        key = (head_lr if is_head else lr, 0.0 if no_decay else cfg.weight_decay)
+        groups.setdefault(key, []).append(p)
+    param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
+    # foreach: one fused kernel sequence over all tensors instead of a Python loop per parameter.
+    return torch.optim.AdamW(param_groups, lr=lr, foreach=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
+    from accelerate import Accelerator
+
+    log_with = None
+    if cfg.track != "none":
+        if cfg.track == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ConfigError("train.track=tensorboard needs tensorboard: pip install 'tunelab[track]'") from None
+        if cfg.track == "mlflow":
+            import os
+
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                raise ConfigError("train.track=mlflow needs mlflow: pip install 'tunelab[mlflow]'") from None
+            # A local file store: never prompts, never needs an account.
+            os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
+        log_with = cfg.track
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir))
+
+
+def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str, Any]], collate: Collate,
+                      batch_size: int, device: Any) -> dict[str, Any]:
+    logits = model_logits(model, features, collate, batch_size, device)
+    labels = np.asarray([f["labels"] for f in features])
+    return task.compute_metrics(logits, labels)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train_loop(inp: LoopInputs) -> TrainResult:
+    cfg = inp.train
+    accelerator = _make_accelerator(cfg, inp.run_dir)
+    device = accelerator.device
+    model = inp.model
+    optimizer = build_optimizer(model, cfg, inp.learning_rate, inp.head_names)
+    total_steps = total_optimizer_steps(len(inp.train_features), cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.track != "none":
+        accelerator.init_trackers("tunelab", config=_flat(inp.tracker_config))
+    weights = inp.class_weights.to(device) if inp.class_weights is not None else None
+    metric_name, higher_is_better = inp.task.primary_metric
+    lengths = [len(f["input_ids"]) for f in inp.train_features]
+
+    # Loop state: everything a resumed run needs besides weights/optimizer/scheduler/RNG.
+    st: dict[str, Any] = {"step": 0, "epoch": 0, "window": 0, "best_metric": None, "best_step": None,
+                          "bad_evals": 0, "history": [], "evals": [], "train_seconds": 0.0,
+                          "samples_seen": 0, "tokens_seen": 0, "stopped_early": False}
+    best_state: dict[str, torch.Tensor] | None = None
+    if cfg.resume:
+        ckpt = load_checkpoint(inp.run_dir)
+        if ckpt is not None:
+            accelerator.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            restore_rng_states(ckpt["rng"])
+            st = ckpt["loop"]
+            best_state = ckpt.get("best_state")
+            if ckpt.get("total_steps") != total_steps:
+                raise TrainingError(
+                    f"cannot resume from {inp.run_dir}/checkpoint.pt: it was made for {ckpt.get('total_steps')} "
+                    f"steps, this config gives {total_steps}; use the same data and train settings"
+                )
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
+               disable=not sys.stderr.isatty() or not accelerator.is_main_process)
+    unchanged_loss_steps, zero_grad_steps, last_loss = 0, 0, None
+
+    def run_eval() -> None:
+        nonlocal best_state
+        metrics = evaluate_features(model, inp.task, inp.val_features, inp.collate, cfg.eval_batch_size, device)
+        value = float(metrics[metric_name])
+        row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
+               "metrics": metrics}
+        st["evals"].append(row)
+        improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better else value < st["best_metric"])
+        if improved:
+            st["best_metric"], st["best_step"], st["bad_evals"] = value, st["step"], 0
+            if cfg.keep_best:
+                best_state = trainable_state(accelerator.unwrap_model(model))
+        else:
+            st["bad_evals"] += 1
+        if cfg.track != "none":
+            accelerator.log({f"eval/{k}": v for k, v in scalar_metrics(metrics).items()}, step=st["step"])
+        msg = f"step {st['step']}/{total_steps}: eval {metric_name}={value:.4f} (best {st['best_metric']:.4f} at step {st['best_step']})"
+        if bar.disable:
+            print(msg, file=sys.stderr, flush=True)
+        else:
+            bar.write(msg)
+        if cfg.early_stopping_patience and st["bad_evals"] >= cfg.early_stopping_patience:
+            st["stopped_early"] = True
+
+    windows_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
+    model.train()
+    done = st["step"] >= total_steps or st["stopped_early"]
+    while not done:
+        batches = epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=st["epoch"], group_by_length=cfg.group_by_length)
+        windows = [batches[i : i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
+        while st["window"] < len(windows):
+            window = windows[st["window"]]
+            window_items = sum(len(b) for b in window)
+            started = time.perf_counter()
+            step_loss = 0.0
+            for micro in window:
+                batch = inp.collate([inp.train_features[i] for i in micro])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                loss = inp.task.loss_sum(logits, labels, weights) / window_items
+                for extra in inp.extra_losses:
+                    loss = loss + extra(model) * (len(micro) / window_items)
+                accelerator.backward(loss)
+                step_loss += float(loss.detach())
+                st["tokens_seen"] += int(batch["attention_mask"].sum())
+            if not math.isfinite(step_loss):
+                raise TrainingError(
+                    f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
+                    f"(now {inp.learning_rate:g}) or check the labels for extreme values"
+                )
+            if cfg.max_grad_norm:
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            else:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+            for hook in inp.after_backward:
+                hook(accelerator.unwrap_model(model), st["step"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            st["train_seconds"] += time.perf_counter() - started
+            st["samples_seen"] += window_items
+            st["step"] += 1
+            st["window"] += 1
+            lr_now = scheduler.get_last_lr()[0]
+            st["history"].append({"step": st["step"], "epoch": round(st["epoch"] + st["window"] / len(windows), 4),
+                                  "loss": step_loss, "lr": lr_now, "grad_norm": grad_norm})
+
+            # Guards against silent failure: a loss that never moves, or gradients that are all zero.
+            unchanged_loss_steps = unchanged_loss_steps + 1 if last_loss is not None and step_loss == last_loss else 0
+            zero_grad_steps = zero_grad_steps + 1 if grad_norm == 0.0 else 0
+            last_loss = step_loss
+            if unchanged_loss_steps >= cfg.stuck_patience:
+                raise TrainingError(f"loss stuck at {step_loss:.6g} for {unchanged_loss_steps} steps: nothing is learning "
+                                    "(learning rate 0? dropout 0 and frozen weights?)")
+            if zero_grad_steps >= cfg.stuck_patience:
+                raise TrainingError(f"gradients were zero for {zero_grad_steps} steps: the loss does not depend on the "
+                                    "trainable parameters")
+
+            if cfg.track != "none" and st["step"] % cfg.log_every == 0:
+                accelerator.log({"train/loss": step_loss, "train/lr": lr_now, "train/grad_norm": grad_norm}, step=st["step"])
+            bar.update(1)
+            if st["step"] % cfg.log_every == 0 or st["step"] == total_steps:
+                bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f}")
+
+            end_of_epoch = st["window"] == len(windows)
+            last_step = st["step"] >= total_steps
+            if (cfg.eval_every and st["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or last_step:
+                if not st["evals"] or st["evals"][-1]["step"] != st["step"]:
+                    run_eval()
+            if end_of_epoch:
+                st["epoch"] += 1
+                st["window"] = 0
+            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step:
+                save_checkpoint(inp.run_dir, {
+                    "model": trainable_state(accelerator.unwrap_model(model)),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_states(), "loop": st, "best_state": best_state, "total_steps": total_steps,
+                })
+            if last_step or st["stopped_early"]:
+                done = True
+                break
+            if end_of_epoch:
+                break  # next epoch: new batch order
+    bar.close()
+    if cfg.keep_best and best_state is not None:
+        accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+    if cfg.track != "none":
+        accelerator.end_training()
+    return TrainResult(
+        steps=st["step"], epochs_done=st["history"][-1]["epoch"] if st["history"] else 0.0,
+        history=st["history"], evals=st["evals"], best_step=st["best_step"], best_metric=st["best_metric"],
+        metric_name=metric_name, stopped_early=st["stopped_early"], train_seconds=st["train_seconds"],
+        samples_seen=st["samples_seen"], tokens_seen=st["tokens_seen"],
+    )
