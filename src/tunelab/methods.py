@@ -76,9 +76,12 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str, h
     else:
         import peft
 
+        from .models import quiet_loading
+
         config = _peft_config(method, task_type, head, total_steps)
         try:
-            wrapped = peft.get_peft_model(model, config)
+            with quiet_loading():
+                wrapped = peft.get_peft_model(model, config)
         except ValueError as err:
             raise ConfigError(f"method: peft could not apply {method.name} to this model: {err}") from None
         adaptation = Adaptation(wrapped, is_peft=True)

@@ -128,3 +128,29 @@ def dequantized_gguf(gguf_path: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+class quiet_loading:
+    """Silence transformers' per-load progress bars and notes while tunelab reports what matters itself."""
+
+    def __enter__(self) -> quiet_loading:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._verbosity = hf_logging.get_verbosity()
+        self._bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation chatter between HF libraries
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._warnings.__exit__(*exc)
+        hf_logging.set_verbosity(self._verbosity)
+        if self._bar:
+            hf_logging.enable_progress_bar()

@@ -20,7 +20,7 @@ from .batching import pad_batch
 from .data import Records, read_records
 from .errors import ArtifactError
 from .inference import model_logits
-from .models import resolve_model
+from .models import quiet_loading, resolve_model
 from .tasks import TASKS
 
 
@@ -35,7 +35,8 @@ def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any) -> torch
     base = manifest["base_model"]
     resolved = resolve_model(base["name"], allow_network=bool(base.get("allow_network")))
     model, _ = task.build_model(resolved.path, dropout=None)
-    return peft.PeftModel.from_pretrained(model, model_dir)
+    with quiet_loading():
+        return peft.PeftModel.from_pretrained(model, model_dir)
 
 
 def collate_for(task: Any, tokenizer: Any) -> Any:

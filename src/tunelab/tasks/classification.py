@@ -125,7 +125,8 @@ class ClassificationTask:
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
         """The base model with a classification head; returns it and the names of its new (head) modules."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+
+        from ..models import quiet_loading
 
         n = 1 if self.problem_type == "regression" else len(self.labels)
         config = AutoConfig.from_pretrained(model_path)
@@ -145,14 +146,10 @@ class ClassificationTask:
         if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
             eos = config.eos_token_id
             config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoder LMs: pool at last non-pad token
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # tunelab reports the new head itself
-        try:
+        with quiet_loading():  # tunelab reports the new head itself
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 model_path, config=config, output_loading_info=True
             )
-        finally:
-            hf_logging.set_verbosity(verbosity)
         head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
         return model, head
 
