@@ -28,7 +28,7 @@ from .data import Records, read_records, split_validation
 from .errors import DataError
 from .methods import apply_method, parameter_counts
 from .metrics import scalar_metrics
-from .models import resolve_model
+from .models import quiet_loading, resolve_model
 from .plots import confusion_matrix_png, training_curves
 from .predict import Predictor, collate_for
 from .tasks import TASKS
@@ -145,7 +145,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     }
 
     def write_parts(staging: Path) -> None:
-        to_save.save_pretrained(staging / "model", safe_serialization=True)
+        with quiet_loading():
+            to_save.save_pretrained(staging / "model", safe_serialization=True)
         tokenizer.save_pretrained(staging / "tokenizer")
         write_yaml(staging / "config.yaml", cfg.to_dict())
         write_json(staging / "metrics.json", metrics_doc)

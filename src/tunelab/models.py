@@ -145,6 +145,7 @@ class quiet_loading:
         self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation chatter between HF libraries
+        warnings.filterwarnings("ignore", message=".*rank_pattern keys did not match.*")  # AdaLoRA reload note
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -52,6 +52,13 @@ class ClassificationTask:
                 raise DataError(f"{train.source}: column {d.label_column!r} has only one label ({list(seen)}); need two or more")
             state["labels"] = sorted(seen, key=_natural_key)
             state["label_counts"] = {k: seen[k] for k in state["labels"]}
+        else:
+            # Regression targets are standardised for training (a fresh head outputs ~0, and losses on raw
+            # scales of 1-5 or 0-100 train poorly); predictions are mapped back to the original scale.
+            task = cls({**state, "target_mean": 0.0, "target_std": 1.0})
+            values = np.array([task._label_value(r.get(d.label_column), train, i) for i, r in enumerate(train.rows)])
+            state["target_mean"] = float(values.mean())
+            state["target_std"] = float(values.std()) or 1.0
         return cls(state)
 
     def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
@@ -162,11 +169,15 @@ class ClassificationTask:
         if self.problem_type == "multi_label":
             per = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=weights, reduction="none")
             return per.mean(dim=1).sum()
-        return F.mse_loss(logits.float().squeeze(-1), labels, reduction="sum")
+        target = (labels - self.state["target_mean"]) / self.state["target_std"]
+        return F.mse_loss(logits.float().squeeze(-1), target, reduction="sum")
+
+    def _unscale(self, logits: np.ndarray) -> np.ndarray:
+        return logits.reshape(-1) * self.state["target_std"] + self.state["target_mean"]
 
     def decode(self, logits: np.ndarray) -> list[dict[str, Any]]:
         if self.problem_type == "regression":
-            return [{"score": float(v)} for v in logits.reshape(-1)]
+            return [{"score": float(v)} for v in self._unscale(logits)]
         if self.problem_type == "multi_label":
             probs = 1.0 / (1.0 + np.exp(-logits))
             th = self.state["threshold"]
@@ -193,7 +204,7 @@ class ClassificationTask:
         if self.problem_type == "multi_label":
             pred = (1.0 / (1.0 + np.exp(-logits)) >= self.state["threshold"]).astype(int)
             return M.multi_label_metrics(pred, labels.astype(int), self.labels)
-        return M.regression_metrics(logits.reshape(-1), labels.reshape(-1))
+        return M.regression_metrics(self._unscale(logits), labels.reshape(-1))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

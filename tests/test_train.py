@@ -1,0 +1,133 @@
+"""The training loop's promises: exact resume after SIGKILL, correct accumulation, determinism, guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tunelab
+from tunelab.config import build_config
+from tunelab.methods import apply_method
+from tunelab.train import LoopInputs, train_loop
+
+from conftest import sentiment_rows, tiny_config
+
+HERE = Path(__file__).resolve().parent
+
+
+def _child(config: dict, kill_at: int, result: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    return subprocess.run([sys.executable, str(HERE / "resume_child.py"), json.dumps(config), str(kill_at), str(result)],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_and_resume_ends_with_identical_metrics(tiny_bert: Path, tmp_path: Path) -> None:
+    train = {"epochs": 3, "batch_size": 8, "checkpoint_every": 3, "eval_every": 4, "learning_rate": 2e-3}
+    straight = tiny_config(tiny_bert, tmp_path / "straight", **train)
+    done = _child(straight, 0, tmp_path / "straight.json")
+    assert done.returncode == 0, done.stderr
+
+    resumed_cfg = tiny_config(tiny_bert, tmp_path / "killed", **train, resume=True)
+    killed = _child(resumed_cfg, 12, tmp_path / "killed.json")  # mid-epoch 2 (64 train rows: 8 steps per epoch)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "killed" / "checkpoint.pt").is_file() and not (tmp_path / "killed" / "artifact").exists()
+    again = _child(resumed_cfg, 0, tmp_path / "killed.json")
+    assert again.returncode == 0, again.stderr
+
+    a = json.loads((tmp_path / "straight.json").read_text())
+    b = json.loads((tmp_path / "killed.json").read_text())
+    assert a["steps"] == b["steps"] == 24
+    assert a["losses"] == b["losses"]
+    assert a["metrics"] == b["metrics"]
+
+
+def test_rerun_with_same_seed_gives_same_metrics(tiny_bert: Path, tmp_path: Path) -> None:
+    runs = [tunelab.fit(tiny_config(tiny_bert, tmp_path / f"r{i}", epochs=1), train=sentiment_rows(40)) for i in range(2)]
+    assert [h["loss"] for h in runs[0].train.history] == [h["loss"] for h in runs[1].train.history]
+    assert tunelab.metrics.scalar_metrics(runs[0].metrics) == tunelab.metrics.scalar_metrics(runs[1].metrics)
+
+
+def test_gradient_accumulation_is_normalised_over_the_window(tiny_bert: Path, tmp_path: Path) -> None:
+    """One SGD step on 10 examples as 1x10, 2x5 or 4+4+2 (accumulated) must give the same update; with
+    uneven micro-batches, averaging per micro-batch would not."""
+    rows = sentiment_rows(8) + [{"text": "the longest sentence of them all is here today", "label": "pos"}] * 2
+    weights = []
+    for name, bs, accum in (("one", 10, 1), ("two", 5, 2), ("uneven", 4, 3)):
+        cfg = tiny_config(tiny_bert, tmp_path / name, max_steps=1, batch_size=bs, grad_accum_steps=accum,
+                          dropout=0.0, group_by_length=False, warmup_ratio=0.0, learning_rate=0.5,
+                          optimizer="sgd", weight_decay=0.0, max_grad_norm=None)
+        run = tunelab.fit(cfg, train=rows, validation=rows[:2])
+        weights.append(run.predictor().model.state_dict())
+    from transformers import BertModel
+
+    start = BertModel.from_pretrained(tiny_bert).state_dict()["encoder.layer.0.output.dense.weight"]
+    assert not torch.allclose(weights[0]["bert.encoder.layer.0.output.dense.weight"], start)  # the step did move weights
+    for other in weights[1:]:
+        for key, value in weights[0].items():
+            torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+
+
+def _loop_inputs(tiny_bert: Path, tmp_path: Path, model=None, extra=None, **train) -> LoopInputs:
+    from functools import partial
+
+    from tunelab.batching import pad_batch
+    from tunelab.data import read_records
+    from tunelab.tasks import ClassificationTask
+
+    cfg = build_config({"train": {"batch_size": 8, "epochs": 50, **train}})
+    records = read_records(sentiment_rows(16))
+    task = ClassificationTask.from_training_data(cfg, records)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    feats = task.encode(records, tok, with_labels=True)
+    if model is None:
+        model, _ = task.build_model(tiny_bert, dropout=0.0)
+    return LoopInputs(model=model, task=task, train_features=feats, val_features=feats[:4],
+                      collate=partial(pad_batch, pad_token_id=0, label_dtype=torch.long), train=cfg.train,
+                      learning_rate=1e-3, head_names=["classifier"], run_dir=tmp_path, extra_losses=extra or [])
+
+
+def test_nan_loss_stops_with_clear_message(tiny_bert: Path, tmp_path: Path) -> None:
+    inputs = _loop_inputs(tiny_bert, tmp_path, extra=[lambda m: torch.tensor(float("nan"))])
+    with pytest.raises(tunelab.TrainingError, match=r"loss became nan at step 1: lower train.learning_rate"):
+        train_loop(inputs)
+
+
+def test_stuck_loss_stops(tiny_bert: Path, tmp_path: Path) -> None:
+    inputs = _loop_inputs(tiny_bert, tmp_path, stuck_patience=10)
+    for p in inputs.model.parameters():
+        p.requires_grad_(False)
+    inputs.model.classifier.bias.requires_grad_(True)
+    inputs.model.classifier.bias.register_hook(lambda g: torch.zeros_like(g))  # a head that never learns
+    with pytest.raises(tunelab.TrainingError, match="(loss stuck|gradients were zero).* for 10 steps"):
+        train_loop(inputs)
+
+
+def test_no_trainable_parameters_is_an_error() -> None:
+    method = build_config({"method": "full"}).method
+    with pytest.raises(tunelab.TrainingError, match="no trainable parameters"):
+        apply_method(torch.nn.Sequential(), method, "SEQ_CLS", [], 10)
+
+
+def test_bad_peft_options_are_config_errors(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_bert, tmp_path / "x")
+    cfg["method"] = {"name": "lora", "target_modules": ["no_such_module"]}
+    with pytest.raises(tunelab.ConfigError, match="peft could not apply lora"):
+        tunelab.fit(cfg, train=sentiment_rows(20))
+    cfg["method"] = {"name": "lora", "peft": {"not_a_field": 1}}
+    with pytest.raises(tunelab.ConfigError, match="method.peft"):
+        tunelab.fit(cfg, train=sentiment_rows(20))
+
+
+def test_peft_passthrough_reaches_peft(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_bert, tmp_path / "x", max_steps=2)
+    cfg["method"] = {"name": "lora", "peft": {"bias": "lora_only", "use_rslora": True}}
+    run = tunelab.fit(cfg, train=sentiment_rows(20))
+    adapter = json.loads((run.artifact_dir / "model" / "adapter_config.json").read_text())
+    assert adapter["bias"] == "lora_only" and adapter["use_rslora"] is True
