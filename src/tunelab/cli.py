@@ -46,7 +46,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor
 
     predictor = Predictor.load(args.artifact)
-    inputs: Any = args.file if args.file else list(args.texts)
+    inputs: Any = Path(args.file) if args.file else list(args.texts)
     if not args.file and not args.texts:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     predictions = predictor.predict(inputs, batch_size=args.batch_size)

@@ -1,0 +1,36 @@
+"""Integration: the packaged MiniLM with LoRA for a few steps, artifact round trip, identical predictions."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tunelab
+
+from conftest import sentiment_rows
+
+pytestmark = pytest.mark.integration
+
+
+def test_minilm_lora_round_trip(tmp_path: Path) -> None:
+    rows = sentiment_rows(96, seed=2)
+    run = tunelab.fit({"model": "minilm", "method": "lora", "output_dir": str(tmp_path / "run"),
+                       "data": {"max_length": 32},
+                       "train": {"max_steps": 30, "batch_size": 16, "learning_rate": 3e-3, "eval_every": 15}},
+                      train=rows)
+    assert run.train.steps == 30 and len(run.train.evals) == 2
+    texts = ["the hotel was superb", "the game was tedious", "the album was charming"]
+    first = tunelab.Predictor.load(run.artifact_dir).predict(texts)
+    second = tunelab.Predictor.load(tmp_path / "run").predict(texts)
+    assert first == second
+    assert run.metrics["accuracy"] >= 0.7, run.metrics
+    # scores are probabilities over the inferred label map
+    np.testing.assert_allclose([sum(p["scores"].values()) for p in first], 1.0, rtol=1e-5)
+
+
+def test_demo_command_runs(tmp_path: Path, capsys) -> None:
+    from tunelab.cli import main
+
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "predictions from the reloaded artifact" in out and "confusion_matrix.png" in out
