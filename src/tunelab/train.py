@@ -93,8 +93,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, head_na
     param_groups = [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
-    # foreach: one fused kernel sequence over all tensors instead of a Python loop per parameter.
-    return torch.optim.AdamW(param_groups, lr=lr, foreach=True)
+    # fused: one multi-tensor kernel for the whole update (CPU too), the fastest AdamW in torch.
+    return torch.optim.AdamW(param_groups, lr=lr, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
