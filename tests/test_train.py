@@ -131,3 +131,25 @@ def test_peft_passthrough_reaches_peft(tiny_bert: Path, tmp_path: Path) -> None:
     run = tunelab.fit(cfg, train=sentiment_rows(20))
     adapter = json.loads((run.artifact_dir / "model" / "adapter_config.json").read_text())
     assert adapter["bias"] == "lora_only" and adapter["use_rslora"] is True
+
+
+def test_tensorboard_tracking_is_opt_in(tiny_bert: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "tracked"
+    tunelab.fit(tiny_config(tiny_bert, run_dir, max_steps=4, log_every=2, eval_every=2, track="tensorboard"),
+                train=sentiment_rows(24))
+    assert list(run_dir.rglob("events.out.tfevents*"))
+    quiet = tmp_path / "untracked"
+    tunelab.fit(tiny_config(tiny_bert, quiet, max_steps=2), train=sentiment_rows(24))
+    assert not list(quiet.rglob("events.out.tfevents*"))
+
+
+def test_mlflow_tracking_without_mlflow_says_what_to_install(tiny_bert: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    try:
+        import mlflow  # noqa: F401
+
+        pytest.skip("mlflow is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(tunelab.ConfigError, match=r"pip install 'tunelab\[mlflow\]'"):
+        tunelab.fit(tiny_config(tiny_bert, tmp_path / "m", max_steps=2, track="mlflow"), train=sentiment_rows(24))

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +185,3 @@ def summary(run: Run) -> str:
         lines.append(f"test {primary}: {t.get(primary, float('nan')):.4f}")
     lines += [f"plot: {p}" for p in run.plots]
     return "\n".join(lines)
-
-
-def _jsonable(metrics: dict[str, Any]) -> str:
-    return json.dumps(metrics, indent=2, default=str)

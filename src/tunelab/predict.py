@@ -18,7 +18,7 @@ import torch
 from .artifact import find_artifact, read_manifest
 from .batching import pad_batch
 from .data import Records, read_records
-from .errors import ArtifactError
+from .errors import ArtifactError, DataError
 from .inference import model_logits
 from .models import quiet_loading, resolve_model
 from .tasks import TASKS
@@ -82,7 +82,8 @@ class Predictor:
             for item in inputs:
                 if isinstance(item, (tuple, list)):
                     if not s.get("text_pair_column") or len(item) != 2:
-                        raise ValueError("pairs (text, text_pair) need a model trained on sentence pairs")
+                        raise DataError("(text, text_pair) inputs need a model trained on sentence pairs "
+                                        "(data.text_pair_column); this one takes single texts")
                     rows.append({s["text_column"]: item[0], s["text_pair_column"]: item[1]})
                 else:
                     rows.append({s["text_column"]: item})

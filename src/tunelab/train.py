@@ -169,23 +169,25 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     if cfg.resume:
         ckpt = load_checkpoint(inp.run_dir)
         if ckpt is not None:
+            if ckpt.get("total_steps") != total_steps:
+                raise TrainingError(
+                    f"cannot resume from {inp.run_dir}/checkpoint.pt: it was made for {ckpt.get('total_steps')} "
+                    f"steps, this config gives {total_steps}; use the same data and train settings"
+                )
             accelerator.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             restore_rng_states(ckpt["rng"])
             st = ckpt["loop"]
             best_state = ckpt.get("best_state")
-            if ckpt.get("total_steps") != total_steps:
-                raise TrainingError(
-                    f"cannot resume from {inp.run_dir}/checkpoint.pt: it was made for {ckpt.get('total_steps')} "
-                    f"steps, this config gives {total_steps}; use the same data and train settings"
-                )
+            print(f"resuming from {inp.run_dir}/checkpoint.pt at step {st['step']}/{total_steps}", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
                disable=not sys.stderr.isatty() or not accelerator.is_main_process)
     unchanged_loss_steps, zero_grad_steps, last_loss = 0, 0, None
+    last_report = time.perf_counter()  # without a terminal (CI, logs) progress is a line every 30 s
 
     def run_eval() -> None:
         nonlocal best_state
@@ -272,6 +274,10 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             bar.update(1)
             if st["step"] % cfg.log_every == 0 or st["step"] == total_steps:
                 bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f}")
+            if bar.disable and accelerator.is_main_process and time.perf_counter() - last_report >= 30:
+                last_report = time.perf_counter()
+                print(f"step {st['step']}/{total_steps}: loss {step_loss:.4f}, "
+                      f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f} samples/s", file=sys.stderr, flush=True)
 
             end_of_epoch = st["window"] == len(windows)
             last_step = st["step"] >= total_steps
