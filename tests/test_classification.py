@@ -40,28 +40,12 @@ def test_single_label_full_learns_and_writes_artifact(tiny_bert: Path, tmp_path:
 def test_artifact_round_trip_gives_identical_predictions(tiny_bert: Path, tmp_path: Path) -> None:
     run = _fit(tiny_bert, tmp_path / "run", method="lora", epochs=1)
     texts = ["the film was great", "the meal was dull", "a long sentence " * 5]
-    live = tunelab.inference.model_logits(run.train and run_model(run), features_for(run, texts), run_collate(run), 8)
-    loaded = Predictor.load(tmp_path / "run")
-    again = Predictor.load(run.artifact_dir)
-    p1, p2 = loaded.predict(texts), again.predict(texts)
-    assert p1 == p2
-    probs = np.array([[p["scores"]["neg"], p["scores"]["pos"]] for p in p1])
-    expected = torch.softmax(torch.tensor(live), -1).numpy()
-    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
-
-
-# The live model of a run is inside fit; rebuild the same objects from the artifact directory for the check.
-def run_model(run):
-    return Predictor.load(run.artifact_dir).model
-
-
-def features_for(run, texts):
-    p = Predictor.load(run.artifact_dir)
-    return p.task.encode(p._records(texts), p.tokenizer, with_labels=False)
-
-
-def run_collate(run):
-    return Predictor.load(run.artifact_dir)._collate
+    in_memory = run.live.predict(texts)  # the model as trained, never saved
+    loaded = Predictor.load(tmp_path / "run").predict(texts)
+    again = Predictor.load(run.artifact_dir).predict(texts)
+    assert loaded == again
+    assert [p["label"] for p in loaded] == [p["label"] for p in in_memory]
+    np.testing.assert_allclose([p["scores"]["pos"] for p in loaded], [p["scores"]["pos"] for p in in_memory], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning"])

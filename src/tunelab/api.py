@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifact import write_artifact, write_json, write_yaml
+from .artifact import read_manifest, write_artifact, write_json, write_yaml
 from .config import Config, build_config
 from .data import Records, read_records, split_validation
 from .errors import DataError
@@ -44,8 +44,10 @@ class Run:
     train: TrainResult
     parameters: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
+    live: Predictor | None = field(default=None, repr=False)  # the in-memory trained model, before saving
 
     def predictor(self) -> Predictor:
+        """A Predictor loaded from the saved artifact (what a server or another process would use)."""
         return Predictor.load(self.artifact_dir)
 
 
@@ -161,7 +163,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     # The run finished: its resumable checkpoint is no longer needed.
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     plots = sorted((artifact_dir / "plots").glob("*.png"))
-    return Run(artifact_dir, val_metrics, test_metrics, result, counts, plots)
+    live = Predictor(model, tokenizer, task, read_manifest(artifact_dir), artifact_dir)
+    return Run(artifact_dir, val_metrics, test_metrics, result, counts, plots, live)
 
 
 def evaluate(artifact: str | Path, data: Any) -> dict[str, Any]:

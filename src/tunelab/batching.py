@@ -33,8 +33,16 @@ def epoch_batches(
     return batches
 
 
-def pad_batch(features: list[dict[str, Any]], pad_token_id: int, label_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Pad token lists to the longest in this batch (dynamic padding) and build the attention mask."""
+def pad_batch(
+    features: list[dict[str, Any]],
+    pad_token_id: int,
+    label_dtype: torch.dtype | None,
+    label_pad: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad token lists to the longest in this batch (dynamic padding) and build the attention mask.
+
+    ``label_pad`` set: labels are per-token lists, padded with it (-100: ignored by the loss).
+    """
     longest = max(len(f["input_ids"]) for f in features)
     n = len(features)
     input_ids = torch.full((n, longest), pad_token_id, dtype=torch.long)
@@ -51,5 +59,11 @@ def pad_batch(features: list[dict[str, Any]], pad_token_id: int, label_dtype: to
     if token_types is not None:
         batch["token_type_ids"] = token_types
     if label_dtype is not None and "labels" in features[0]:
-        batch["labels"] = torch.as_tensor([f["labels"] for f in features], dtype=label_dtype)
+        if label_pad is None:
+            batch["labels"] = torch.as_tensor([f["labels"] for f in features], dtype=label_dtype)
+        else:
+            labels = torch.full((n, longest), label_pad, dtype=label_dtype)
+            for row, feat in enumerate(features):
+                labels[row, : len(feat["labels"])] = torch.as_tensor(feat["labels"], dtype=label_dtype)
+            batch["labels"] = labels
     return batch

@@ -11,30 +11,36 @@ import numpy as np
 import torch
 
 
-def model_logits(
+def model_outputs(
     model: torch.nn.Module,
     features: list[dict[str, Any]],
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
+    extract: Callable[[Any], torch.Tensor],
+    *,
+    per_token: bool = False,
     device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Logits for every feature, in the order given. Sorting by length keeps padding (wasted work) small."""
-    if not features:
-        return np.zeros((0,), dtype=np.float32)
+) -> list[np.ndarray]:
+    """One output array per feature, in the order given.
+
+    ``extract`` turns the model output into a [batch, ...] tensor (e.g. the logits); with ``per_token``
+    each row is cut to its feature's own length (no padding positions). Sorting by length keeps padding,
+    i.e. wasted work, small.
+    """
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     was_training = model.training
     model.eval()
-    chunks: list[np.ndarray] = []
+    results: list[np.ndarray | None] = [None] * len(features)
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                batch = collate([features[i] for i in order[start : start + batch_size]])
+                chunk = order[start : start + batch_size]
+                batch = collate([features[i] for i in chunk])
                 batch.pop("labels", None)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                chunks.append(model(**batch).logits.float().cpu().numpy())
+                values = extract(model(**batch)).float().cpu().numpy()
+                for row, index in enumerate(chunk):
+                    results[index] = values[row, : len(features[index]["input_ids"])] if per_token else values[row]
     finally:
         model.train(was_training)
-    stacked = np.concatenate(chunks, axis=0)
-    result = np.empty_like(stacked)
-    result[np.asarray(order)] = stacked
-    return result
+    return results  # type: ignore[return-value]

@@ -9,17 +9,15 @@ Example:
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from .artifact import find_artifact, read_manifest
-from .batching import pad_batch
 from .data import Records, read_records
 from .errors import ArtifactError, DataError
-from .inference import model_logits
+from .inference import model_outputs
 from .models import quiet_loading, resolve_model
 from .tasks import TASKS
 
@@ -40,7 +38,7 @@ def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any) -> torch
 
 
 def collate_for(task: Any, tokenizer: Any) -> Any:
-    return partial(pad_batch, pad_token_id=tokenizer.pad_token_id or 0, label_dtype=task.label_dtype)
+    return task.collate(tokenizer.pad_token_id or 0)
 
 
 class Predictor:
@@ -100,14 +98,13 @@ class Predictor:
         if not len(records):
             return []
         features = self.task.encode(records, self.tokenizer, with_labels=False)
-        logits = model_logits(self.model, features, self._collate, batch_size)
-        return self.task.decode(logits)
+        return self.task.decode(self._outputs(features, batch_size), features)
+
+    def _outputs(self, features: list[dict[str, Any]], batch_size: int) -> list[Any]:
+        return model_outputs(self.model, features, self._collate, batch_size, self.task.extract, per_token=self.task.per_token)
 
     def evaluate(self, data: Any, batch_size: int = 128) -> dict[str, Any]:
         """The task's metrics on labelled records (same columns as training)."""
         records = read_records(data)
         features = self.task.encode(records, self.tokenizer, with_labels=True)
-        logits = model_logits(self.model, features, self._collate, batch_size)
-        import numpy as np
-
-        return self.task.compute_metrics(logits, np.asarray([f["labels"] for f in features]))
+        return self.task.compute_metrics(self._outputs(features, batch_size), features)

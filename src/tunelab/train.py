@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .batching import epoch_batches
 from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, trainable_state
 from .config import TrainConfig
 from .errors import ConfigError, TrainingError
-from .inference import model_logits
+from .inference import model_outputs
 from .metrics import scalar_metrics
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
@@ -130,9 +129,8 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
 
 def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str, Any]], collate: Collate,
                       batch_size: int, device: Any) -> dict[str, Any]:
-    logits = model_logits(model, features, collate, batch_size, device)
-    labels = np.asarray([f["labels"] for f in features])
-    return task.compute_metrics(logits, labels)
+    outputs = model_outputs(model, features, collate, batch_size, task.extract, per_token=task.per_token, device=device)
+    return task.compute_metrics(outputs, features)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,17 +219,18 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         windows = [batches[i : i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
         while st["window"] < len(windows):
             window = windows[st["window"]]
-            window_items = sum(len(b) for b in window)
+            window_items = sum(inp.task.loss_units(inp.train_features[i]) for b in window for i in b)
+            window_examples = sum(len(b) for b in window)
             started = time.perf_counter()
             step_loss = 0.0
             for micro in window:
                 batch = inp.collate([inp.train_features[i] for i in micro])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
-                logits = model(**batch).logits
-                loss = inp.task.loss_sum(logits, labels, weights) / window_items
+                outputs = model(**batch)
+                loss = inp.task.loss_sum(outputs, labels, weights) / max(window_items, 1)
                 for extra in inp.extra_losses:
-                    loss = loss + extra(model) * (len(micro) / window_items)
+                    loss = loss + extra(model) * (len(micro) / window_examples)
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
                 st["tokens_seen"] += int(batch["attention_mask"].sum())
@@ -251,7 +250,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             st["train_seconds"] += time.perf_counter() - started
-            st["samples_seen"] += window_items
+            st["samples_seen"] += window_examples
             st["step"] += 1
             st["window"] += 1
             lr_now = scheduler.get_last_lr()[0]

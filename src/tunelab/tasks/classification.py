@@ -7,12 +7,14 @@ plain-data description of the label space that the artifact stores.
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..batching import pad_batch
 from ..config import Config
 from ..data import Records, require_column
 from ..errors import DataError
@@ -124,9 +126,20 @@ class ClassificationTask:
             hot[self.label_to_id[name]] = 1.0
         return hot
 
-    @property
-    def label_dtype(self) -> torch.dtype:
-        return torch.long if self.problem_type == "single_label" else torch.float
+    def collate(self, pad_token_id: int) -> Any:
+        dtype = torch.long if self.problem_type == "single_label" else torch.float
+        return partial(pad_batch, pad_token_id=pad_token_id, label_dtype=dtype)
+
+    per_token = False
+
+    @staticmethod
+    def extract(outputs: Any) -> torch.Tensor:
+        return outputs.logits
+
+    @staticmethod
+    def loss_units(feature: dict[str, Any]) -> int:
+        """How many terms this feature adds to the loss (the normaliser for gradient accumulation)."""
+        return 1
 
     # ---- model -----------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
@@ -161,9 +174,10 @@ class ClassificationTask:
         return model, head
 
     # ---- loss, decoding, metrics -----------------------------------------------------------------
-    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Summed (not averaged) loss over the batch, so gradient accumulation can normalise by the
         number of examples in the whole accumulation window."""
+        logits = outputs.logits
         if self.problem_type == "single_label":
             return F.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
         if self.problem_type == "multi_label":
@@ -175,7 +189,9 @@ class ClassificationTask:
     def _unscale(self, logits: np.ndarray) -> np.ndarray:
         return logits.reshape(-1) * self.state["target_std"] + self.state["target_mean"]
 
-    def decode(self, logits: np.ndarray) -> list[dict[str, Any]]:
+    def decode(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One prediction per record (classification: one feature per record)."""
+        logits = np.stack(outputs)
         if self.problem_type == "regression":
             return [{"score": float(v)} for v in self._unscale(logits)]
         if self.problem_type == "multi_label":
@@ -198,7 +214,9 @@ class ClassificationTask:
             self.problem_type
         ]
 
-    def compute_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    def compute_metrics(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> dict[str, Any]:
+        logits = np.stack(outputs)
+        labels = np.asarray([f["labels"] for f in features])
         if self.problem_type == "single_label":
             return M.single_label_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.labels)
         if self.problem_type == "multi_label":
