@@ -41,11 +41,15 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """Which task and its own options."""
 
-    name: Literal["classification"] = Field("classification", description="the task to learn")
+    name: Literal["classification", "ner"] = Field("classification", description="the task to learn")
     problem_type: Literal["single_label", "multi_label", "regression"] = Field(
         "single_label", description="classification: one label, several labels, or a number per text"
     )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: score above which a label is on")
+    tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bmes"] = Field(
+        "auto", description="ner: tag scheme of the data, converted to BIO on reading (auto: detect)"
+    )
+    stride: int = Field(32, ge=0, description="ner: sub-tokens shared by consecutive windows of a long input")
 
 
 class DataConfig(_Strict):
@@ -58,6 +62,9 @@ class DataConfig(_Strict):
     text_pair_column: str | None = Field(None, description="second text for sentence-pair tasks")
     label_column: str = "label"
     label_separator: str = Field("|", description="multi_label: separator when labels come as one string")
+    tokens_column: str = Field("tokens", description="ner: pre-split tokens (a list per record)")
+    tags_column: str = Field("tags", description="ner: one tag per token")
+    entities_column: str = Field("entities", description="ner: character-offset entities for raw text_column")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
 

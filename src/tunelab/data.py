@@ -23,7 +23,8 @@ from typing import Any, Iterable
 
 from .errors import DataError
 
-SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+COLUMN_SUFFIXES = (".conll", ".txt", ".bio", ".iob", ".bioes", ".bmes")  # token-per-line files (NER)
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", *COLUMN_SUFFIXES)
 
 
 @dataclass
@@ -106,6 +107,8 @@ def _read_file(path: Path) -> Records:
         return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
         return _read_jsonl(path, text)
+    if suffix in COLUMN_SUFFIXES:
+        return _read_token_columns(path, text)
     return _read_json(path, text)
 
 
@@ -137,6 +140,36 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
     except csv.Error as err:
         raise DataError(f"{path} line {reader.line_num}: {err}") from None
     return Records(rows, str(path), lines, header)
+
+
+def _read_token_columns(path: Path, text: str) -> Records:
+    """CoNLL-style files: one token per line (token first, tag last, any columns between), a blank line
+    between sentences, optional ``-DOCSTART-`` lines. Each sentence becomes {"tokens": [...], "tags": [...]}."""
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if tokens:
+                rows.append({"tokens": tokens, "tags": tags})
+                lines.append(start)
+            tokens, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{path} line {number}: expected a token and a tag separated by whitespace, got {line!r}")
+        if not tokens:
+            start = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:  # files without a trailing blank line
+        rows.append({"tokens": tokens, "tags": tags})
+        lines.append(start)
+    if not rows:
+        raise DataError(f"{path}: no sentences found (expected token/tag lines separated by blank lines)")
+    return Records(rows, str(path), lines, ["tokens", "tags"])
 
 
 def _read_jsonl(path: Path, text: str) -> Records:

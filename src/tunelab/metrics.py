@@ -73,3 +73,21 @@ def _per_class(report: dict[str, Any], label_names: list[str]) -> dict[str, dict
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Just the numbers (for logs, trackers, curves)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
+    """Entity-level P/R/F1 with seqeval's strict IOB2 semantics (an entity counts only with the exact
+    span and type), micro-averaged, plus a per-type report and token accuracy."""
+    from seqeval.metrics import classification_report as entity_report
+    from seqeval.scheme import IOB2
+
+    report = entity_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    macro = report.get("macro avg", {"f1-score": 0.0})
+    tokens = sum(len(g) for g in gold)
+    correct = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])} for k, v in report.items() if not k.endswith(" avg")}
+    return {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
+            "f1_macro": float(macro["f1-score"]), "token_accuracy": correct / tokens if tokens else 0.0,
+            "per_type": per_type}

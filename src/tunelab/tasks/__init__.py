@@ -1,7 +1,15 @@
-"""Task registry: one module per task; adding a task is one file plus one line here."""
+"""Task registry: one module per task; adding a task is one file plus one line here.
+
+A task object carries plain-data ``state`` (saved in the artifact) and provides: ``from_training_data``,
+``encode`` (records -> features, the same code at training and prediction time), ``collate``,
+``build_model``, ``loss_sum`` + ``loss_units`` (summed loss and its normaliser), ``extract`` +
+``per_token`` (what inference keeps of the model output), ``decode`` (outputs -> one prediction per
+record), ``compute_metrics`` and ``primary_metric``.
+"""
 
 from .classification import ClassificationTask
+from .ner import NerTask
 
-TASKS = {"classification": ClassificationTask}
+TASKS = {"classification": ClassificationTask, "ner": NerTask}
 
-__all__ = ["TASKS", "ClassificationTask"]
+__all__ = ["TASKS", "ClassificationTask", "NerTask"]

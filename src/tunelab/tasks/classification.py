@@ -144,34 +144,18 @@ class ClassificationTask:
     # ---- model -----------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
         """The base model with a classification head; returns it and the names of its new (head) modules."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        from ..models import quiet_loading
+        from .common import load_with_head
 
-        n = 1 if self.problem_type == "regression" else len(self.labels)
-        config = AutoConfig.from_pretrained(model_path)
-        config.num_labels = n
+        updates: dict[str, Any] = {
+            "num_labels": 1 if self.problem_type == "regression" else len(self.labels),
+            "problem_type": {"single_label": "single_label_classification",
+                             "multi_label": "multi_label_classification", "regression": "regression"}[self.problem_type],
+        }
         if self.labels:
-            config.id2label = dict(enumerate(self.labels))
-            config.label2id = dict(self.label_to_id)
-        config.problem_type = {
-            "single_label": "single_label_classification",
-            "multi_label": "multi_label_classification",
-            "regression": "regression",
-        }[self.problem_type]
-        if dropout is not None:
-            for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout"):
-                if hasattr(config, key):
-                    setattr(config, key, dropout)
-        if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
-            eos = config.eos_token_id
-            config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoder LMs: pool at last non-pad token
-        with quiet_loading():  # tunelab reports the new head itself
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                model_path, config=config, output_loading_info=True
-            )
-        head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
-        return model, head
+            updates.update(id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
+        return load_with_head(AutoModelForSequenceClassification, model_path, dropout, **updates)
 
     # ---- loss, decoding, metrics -----------------------------------------------------------------
     def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

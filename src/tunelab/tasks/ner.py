@@ -1,0 +1,328 @@
+"""Named-entity recognition (token classification).
+
+Input records are either pre-split ``tokens`` + ``tags`` (CoNLL-style files, JSONL) in any of BIO, IOB1,
+BIOES or BMES — converted to BIO on reading — or raw ``text`` + character-offset ``entities``
+(``[{"start": 0, "end": 5, "label": "PER"}]``). Words are split into sub-tokens; the label sits on a
+word's first sub-token and the others are ignored by the loss. Inputs longer than the model's window are
+cut into overlapping windows (``task.stride`` sub-tokens shared), so no token is dropped; at prediction
+each word is read from the window in which it is most central.
+
+Metrics are entity-level precision/recall/F1 with seqeval's strict IOB2 semantics, plus a per-type report.
+``predict`` returns entity spans with type, character offsets, text and score.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..batching import pad_batch
+from ..config import Config
+from ..data import Records
+from ..errors import ConfigError, DataError
+from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
+
+# A word is a run of letters/digits, or one punctuation mark; CJK characters are words of their own
+# (Chinese NER datasets label characters).
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
+WORD_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}\w]|[^\W{_CJK}]+")
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words and their character offsets in ``text``."""
+    matches = list(WORD_RE.finditer(text))
+    return [m.group() for m in matches], [(m.start(), m.end()) for m in matches]
+
+
+def join_tokens(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """A text for pre-split tokens (space-joined; CJK characters joined without spaces) and offsets."""
+    text, offsets = "", []
+    for i, tok in enumerate(tokens):
+        if i and not (len(tok) == 1 and len(tokens[i - 1]) == 1 and re.match(f"[{_CJK}]", tok) and re.match(f"[{_CJK}]", tokens[i - 1])):
+            text += " "
+        offsets.append((len(text), len(text) + len(tok)))
+        text += tok
+    return text, offsets
+
+
+class NerTask:
+    name = "ner"
+    peft_task_type = "TOKEN_CLS"
+    per_token = True
+    primary_metric = ("f1", True)
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+        self.labels: list[str] = state["labels"]
+        self.label_to_id = {name: i for i, name in enumerate(self.labels)}
+
+    # ---- label space ------------------------------------------------------------------------------
+    @classmethod
+    def from_training_data(cls, cfg: Config, train: Records) -> NerTask:
+        d, t = cfg.data, cfg.task
+        if t.stride >= d.max_length - 2:
+            raise ConfigError(f"task.stride ({t.stride}) must be smaller than data.max_length - 2 ({d.max_length - 2})")
+        state: dict[str, Any] = {
+            "tokens_column": d.tokens_column, "tags_column": d.tags_column, "text_column": d.text_column,
+            "entities_column": d.entities_column, "max_length": d.max_length, "stride": t.stride,
+            "tag_scheme": t.tag_scheme, "labels": ["O"],
+        }
+        probe = cls(state)
+        if t.tag_scheme == "auto" and _has(train, d.tags_column):
+            raw = [r.get(d.tags_column) or [] for r in train.rows]
+            try:
+                state["tag_scheme"] = detect_scheme([list(map(str, tags)) for tags in raw if isinstance(tags, list)])
+            except TagError as err:
+                raise DataError(f"{train.source}: {err}") from None
+        examples = probe._examples(train, with_labels=True, scheme=state["tag_scheme"])
+        kinds = Counter(split_tag(tag)[1] for ex in examples for tag in ex["tags"] if tag != "O")
+        if not kinds:
+            raise DataError(f"{train.source}: no entities in the training data (every tag is O)")
+        types = sorted(kinds)
+        state["labels"] = ["O"] + [f"{p}-{k}" for k in types for p in ("B", "I")]
+        state["entity_counts"] = dict(sorted(kinds.items()))
+        state["tag_counts"] = dict(Counter(tag for ex in examples for tag in ex["tags"]))
+        return cls(state)
+
+    def stratify_keys(self, records: Records) -> None:
+        return None
+
+    def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
+        if spec is None:
+            return None
+        counts = self.state.get("tag_counts", {})
+        if spec == "balanced":
+            c = np.array([max(1, counts.get(name, 0)) for name in self.labels], dtype=float)
+            return torch.tensor(c.sum() / (len(c) * c), dtype=torch.float)
+        unknown = set(spec) - set(self.labels)
+        if unknown:
+            raise DataError(f"train.class_weights names unknown tags {sorted(unknown)}; tags are {self.labels}")
+        return torch.tensor([float(spec.get(n, 1.0)) for n in self.labels], dtype=torch.float)
+
+    # ---- records -> word-level examples ----------------------------------------------------------
+    def _examples(self, records: Records, *, with_labels: bool, scheme: str | None = None) -> list[dict[str, Any]]:
+        """Each record as words + character offsets (+ BIO tags). Repairs of invalid tag sequences are
+        counted and reported once per file."""
+        s = self.state
+        scheme = scheme or s["tag_scheme"]
+        out = []
+        repaired, first_repair = 0, ""
+        for i, row in enumerate(records.rows):
+            if s["tokens_column"] in row:
+                ex = self._from_tokens(row, records, i, with_labels, scheme)
+            elif s["text_column"] in row:
+                ex = self._from_text(row, records, i, with_labels)
+            else:
+                raise DataError(f"{records.where(i)}: needs {s['tokens_column']!r} (+ {s['tags_column']!r}) or "
+                                f"{s['text_column']!r} (+ {s['entities_column']!r}); found {sorted(row)}")
+            if ex.pop("repairs", 0):
+                repaired += 1
+                first_repair = first_repair or records.where(i)
+            out.append(ex)
+        if repaired:
+            print(f"tunelab: {records.source}: repaired invalid {scheme.upper()} tag sequences in {repaired} "
+                  f"record(s) (first: {first_repair}); a continuation tag without a start now starts the entity",
+                  file=sys.stderr)
+        return out
+
+    def _from_tokens(self, row: dict[str, Any], records: Records, i: int, with_labels: bool, scheme: str) -> dict[str, Any]:
+        s = self.state
+        tokens = row[s["tokens_column"]]
+        if not isinstance(tokens, list) or not tokens:
+            raise DataError(f"{records.where(i)}, field {s['tokens_column']!r}: expected a non-empty list of tokens")
+        tokens = [str(t) for t in tokens]
+        text, offsets = join_tokens(tokens)
+        ex: dict[str, Any] = {"words": tokens, "offsets": offsets, "text": text}
+        if with_labels:
+            tags = row.get(s["tags_column"])
+            if not isinstance(tags, list):
+                raise DataError(f"{records.where(i)}: field {s['tags_column']!r} is missing or not a list of tags")
+            if len(tags) != len(tokens):
+                raise DataError(f"{records.where(i)}: {len(tokens)} tokens but {len(tags)} tags in "
+                                f"{s['tokens_column']!r}/{s['tags_column']!r}; they must be the same length")
+            try:
+                ex["tags"], ex["repairs"] = to_bio([str(t) for t in tags], scheme)
+            except TagError as err:
+                raise DataError(f"{records.where(i)}, field {s['tags_column']!r}: {err}") from None
+        return ex
+
+    def _from_text(self, row: dict[str, Any], records: Records, i: int, with_labels: bool) -> dict[str, Any]:
+        s = self.state
+        text = row[s["text_column"]]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{records.where(i)}, field {s['text_column']!r}: empty text")
+        words, offsets = split_words(text)
+        ex: dict[str, Any] = {"words": words, "offsets": offsets, "text": text}
+        if with_labels:
+            entities = row.get(s["entities_column"])
+            if not isinstance(entities, list):
+                raise DataError(f"{records.where(i)}: field {s['entities_column']!r} is missing or not a list")
+            tags = ["O"] * len(words)
+            starts = {a: k for k, (a, _) in enumerate(offsets)}
+            ends = {b: k for k, (_, b) in enumerate(offsets)}
+            for e in entities:
+                where = f"{records.where(i)}, field {s['entities_column']!r}, entity {e!r}"
+                try:
+                    a, b, kind = int(e["start"]), int(e["end"]), str(e.get("label", e.get("type")))
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{where}: expected {{'start': int, 'end': int, 'label': str}}") from None
+                if not 0 <= a < b <= len(text):
+                    raise DataError(f"{where}: span [{a}, {b}) is outside the text (length {len(text)})")
+                if "text" in e and text[a:b] != e["text"]:
+                    raise DataError(f"{where}: text[{a}:{b}] is {text[a:b]!r}, not {e['text']!r}")
+                if a not in starts or b not in ends:
+                    raise DataError(f"{where}: span [{a}, {b}) {text[a:b]!r} cuts through a word; "
+                                    "entity boundaries must fall on word boundaries")
+                first, last = starts[a], ends[b]
+                if any(t != "O" for t in tags[first : last + 1]):
+                    raise DataError(f"{where}: overlaps another entity (nested entities are not supported)")
+                tags[first : last + 1] = [f"B-{kind}"] + [f"I-{kind}"] * (last - first)
+            ex["tags"] = tags
+        return ex
+
+    # ---- word-level examples -> windows of sub-tokens --------------------------------------------
+    def encode(self, records: Records, tokenizer: Any, *, with_labels: bool) -> list[dict[str, Any]]:
+        examples = self._examples(records, with_labels=with_labels)
+        enc = tokenizer([ex["words"] for ex in examples], is_split_into_words=True, add_special_tokens=False, truncation=False)
+        prefix, suffix = special_tokens_around(tokenizer)
+        body = self.state["max_length"] - len(prefix) - len(suffix)
+        stride = min(self.state["stride"], body - 1)
+        features: list[dict[str, Any]] = []
+        for r, ex in enumerate(examples):
+            ids, word_ids = enc["input_ids"][r], enc.word_ids(r)
+            gold = [self.label_to_id.get(t, -1) for t in ex["tags"]] if with_labels else None
+            if gold is not None and -1 in gold:
+                bad = ex["tags"][gold.index(-1)]
+                raise DataError(f"{records.where(r)}: tag {bad!r} was never seen in training; known: {', '.join(self.labels)}")
+            start, first = 0, True
+            while True:
+                end = min(start + body, len(ids))
+                window_words = [None] * len(prefix) + list(word_ids[start:end]) + [None] * len(suffix)
+                feat: dict[str, Any] = {
+                    "input_ids": prefix + ids[start:end] + suffix,
+                    "record": r, "word_ids": window_words, "window": (start, end, len(ids)),
+                }
+                if first:  # per-record data travels with the record's first window
+                    feat.update(words=ex["words"], offsets=ex["offsets"], text=ex["text"], gold=ex.get("tags"))
+                if gold is not None:
+                    labels = []
+                    for j, w in enumerate(window_words):
+                        k = start + j - len(prefix)  # index of this sub-token in the whole input
+                        is_first_piece = w is not None and (k == 0 or word_ids[k - 1] != w)
+                        labels.append(gold[w] if is_first_piece else -100)
+                    feat["labels"] = labels
+                features.append(feat)
+                first = False
+                if end >= len(ids):
+                    break
+                start = end - stride
+        return features
+
+    def collate(self, pad_token_id: int) -> Any:
+        return partial(pad_batch, pad_token_id=pad_token_id, label_dtype=torch.long, label_pad=-100)
+
+    @staticmethod
+    def extract(outputs: Any) -> torch.Tensor:
+        return outputs.logits
+
+    @staticmethod
+    def loss_units(feature: dict[str, Any]) -> int:
+        return sum(1 for x in feature["labels"] if x != -100)
+
+    def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        logits = outputs.logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), weight=weights,
+                               ignore_index=-100, reduction="sum")
+
+    # ---- model -----------------------------------------------------------------------------------
+    def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
+        from transformers import AutoModelForTokenClassification
+
+        from .common import load_with_head
+
+        return load_with_head(AutoModelForTokenClassification, model_path, dropout, num_labels=len(self.labels),
+                              id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
+
+    # ---- outputs -> words -> entities ------------------------------------------------------------
+    def _word_probs(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[tuple[dict, np.ndarray]]:
+        """Per record: (its first feature, [n_words, n_labels] probabilities). Each word is read from its
+        first sub-token in the window where that sub-token is farthest from a window edge."""
+        records: dict[int, dict[str, Any]] = {}
+        for feat, logits in zip(features, outputs):
+            rec = records.setdefault(feat["record"], {"head": None, "best": {}})
+            if "words" in feat:
+                rec["head"] = feat
+            start, end, total = feat["window"]
+            probs = _softmax(logits)
+            seen: set[int] = set()
+            for j, w in enumerate(feat["word_ids"]):
+                if w is None or w in seen:
+                    continue
+                seen.add(w)
+                # distance to the nearest window edge that is not the input's own edge
+                left = j if start > 0 else 10**9
+                right = (end - start) - j if end < total else 10**9
+                margin = min(left, right)
+                if w not in rec["best"] or margin > rec["best"][w][0]:
+                    rec["best"][w] = (margin, probs[j])
+        result = []
+        for r in sorted(records):
+            head = records[r]["head"]
+            n_words = len(head["words"])
+            word_probs = np.zeros((n_words, len(self.labels)), dtype=np.float32)
+            word_probs[:, 0] = 1.0  # a word with no sub-tokens (dropped by the tokenizer) reads as O
+            for w, (_, p) in records[r]["best"].items():
+                word_probs[w] = p
+            result.append((head, word_probs))
+        return result
+
+    def _tags(self, word_probs: np.ndarray) -> list[str]:
+        return [self.labels[k] for k in word_probs.argmax(-1)]
+
+    def decode(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        predictions = []
+        for head, probs in self._word_probs(outputs, features):
+            tags = self._tags(probs)
+            best = probs.max(-1)
+            entities = []
+            for kind, a, b in spans(tags):
+                start, end = head["offsets"][a][0], head["offsets"][b - 1][1]
+                entities.append({"type": kind, "start": start, "end": end, "text": head["text"][start:end],
+                                 "score": float(best[a:b].mean())})
+            predictions.append({"entities": entities, "tags": tags, "words": head["words"]})
+        return predictions
+
+    def compute_metrics(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> dict[str, Any]:
+        from ..metrics import entity_metrics
+
+        gold, pred = [], []
+        for head, probs in self._word_probs(outputs, features):
+            gold.append(head["gold"])
+            pred.append(self._tags(probs))
+        return entity_metrics(gold, pred)
+
+
+def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after content (BERT: [CLS] / [SEP])."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello")["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def _has(records: Records, column: str) -> bool:
+    return any(column in r for r in records.rows[:50])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
