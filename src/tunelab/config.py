@@ -49,7 +49,8 @@ class TaskConfig(_Strict):
     tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bmes"] = Field(
         "auto", description="ner: tag scheme of the data, converted to BIO on reading (auto: detect)"
     )
-    stride: int = Field(32, ge=0, description="ner: sub-tokens shared by consecutive windows of a long input")
+    stride: int | None = Field(None, ge=0, description="ner: sub-tokens shared by consecutive windows of a long "
+                               "input (default: a quarter of data.max_length)")
 
 
 class DataConfig(_Strict):

@@ -67,20 +67,25 @@ class NerTask:
     @classmethod
     def from_training_data(cls, cfg: Config, train: Records) -> NerTask:
         d, t = cfg.data, cfg.task
-        if t.stride >= d.max_length - 2:
-            raise ConfigError(f"task.stride ({t.stride}) must be smaller than data.max_length - 2 ({d.max_length - 2})")
+        stride = t.stride if t.stride is not None else d.max_length // 4
+        if stride >= d.max_length // 2:
+            raise ConfigError(f"task.stride ({stride}) must be less than half of data.max_length ({d.max_length})")
         state: dict[str, Any] = {
             "tokens_column": d.tokens_column, "tags_column": d.tags_column, "text_column": d.text_column,
-            "entities_column": d.entities_column, "max_length": d.max_length, "stride": t.stride,
+            "entities_column": d.entities_column, "max_length": d.max_length, "stride": stride,
             "tag_scheme": t.tag_scheme, "labels": ["O"],
         }
         probe = cls(state)
         if t.tag_scheme == "auto" and _has(train, d.tags_column):
-            raw = [r.get(d.tags_column) or [] for r in train.rows]
-            try:
-                state["tag_scheme"] = detect_scheme([list(map(str, tags)) for tags in raw if isinstance(tags, list)])
-            except TagError as err:
-                raise DataError(f"{train.source}: {err}") from None
+            tag_lists = []
+            for i, row in enumerate(train.rows):
+                tags = row.get(d.tags_column)
+                if isinstance(tags, list):
+                    try:
+                        tag_lists.append([split_tag(str(t)) and str(t) for t in tags])
+                    except TagError as err:
+                        raise DataError(f"{train.where(i)}, field {d.tags_column!r}: {err}") from None
+            state["tag_scheme"] = detect_scheme(tag_lists)
         examples = probe._examples(train, with_labels=True, scheme=state["tag_scheme"])
         kinds = Counter(split_tag(tag)[1] for ex in examples for tag in ex["tags"] if tag != "O")
         if not kinds:

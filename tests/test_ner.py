@@ -1,0 +1,178 @@
+"""NER: tag schemes, readers, alignment, long inputs, metrics, spans, errors — on a tiny random BERT."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import tunelab
+from tunelab.config import build_config
+from tunelab.data import read_records
+from tunelab.tags import TagError, detect_scheme, spans, to_bio
+from tunelab.tasks import NerTask
+
+from conftest import tiny_config
+
+NAMES = ["Alice", "Bob", "Carol", "Dmitri", "Erin", "Farid"]
+CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Quito", "Hanoi"]
+
+
+def toy_sentences(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, city = rng.choice(NAMES), rng.choice(CITIES)
+        if rng.random() < 0.5:
+            tokens, tags = [name, "lives", "in", city, "."], ["B-PER", "O", "O", "B-LOC", "O"]
+        else:
+            tokens, tags = ["in", city, "we", "met", name, "Smith"], ["O", "B-LOC", "O", "O", "B-PER", "I-PER"]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+# ---- tag schemes -------------------------------------------------------------------------------
+def test_scheme_conversion_to_bio() -> None:
+    assert to_bio(["B-PER", "I-PER", "O"], "bio") == (["B-PER", "I-PER", "O"], 0)
+    assert to_bio(["I-PER", "I-PER", "B-PER", "O", "I-LOC"], "iob1") == (["B-PER", "I-PER", "B-PER", "O", "B-LOC"], 0)
+    assert to_bio(["B-ORG", "I-ORG", "E-ORG", "S-PER", "O"], "bioes") == (["B-ORG", "I-ORG", "I-ORG", "B-PER", "O"], 0)
+    assert to_bio(["B-NAME", "M-NAME", "E-NAME", "S-LOC"], "bmes") == (["B-NAME", "I-NAME", "I-NAME", "B-LOC"], 0)
+
+
+def test_invalid_sequences_are_repaired_and_counted() -> None:
+    assert to_bio(["O", "I-PER", "I-PER", "I-LOC"], "bio") == (["O", "B-PER", "I-PER", "B-LOC"], 2)
+    assert to_bio(["S-PER", "E-PER"], "bioes") == (["B-PER", "B-PER"], 1)
+
+
+def test_unknown_prefix_and_malformed_tag() -> None:
+    with pytest.raises(TagError, match="prefix 'M' is not part of the BIO scheme"):
+        to_bio(["B-PER", "M-PER"], "bio")
+    with pytest.raises(TagError, match="neither 'O' nor PREFIX-TYPE"):
+        to_bio(["PERSON"], "bio")
+
+
+def test_detect_scheme_and_spans() -> None:
+    assert detect_scheme([["B-X", "M-X", "E-X"]]) == "bmes"
+    assert detect_scheme([["S-X", "O"]]) == "bioes"
+    assert detect_scheme([["B-X", "I-X"]]) == "bio"
+    assert spans(["B-PER", "I-PER", "O", "I-LOC", "B-LOC"]) == [("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5)]
+
+
+# ---- readers -----------------------------------------------------------------------------------
+def test_conll_reader(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER",
+                    encoding="utf-8")
+    records = read_records(path)
+    assert records.rows == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
+                            {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]
+    assert records.where(1) == f"{path} line 7"
+    bad = tmp_path / "bad.conll"
+    bad.write_text("EU B-ORG\nlonely\n", encoding="utf-8")
+    with pytest.raises(tunelab.DataError, match=r"bad\.conll line 2: expected a token and a tag"):
+        read_records(bad)
+
+
+def _task(rows, **task) -> NerTask:
+    cfg = build_config({"task": {"name": "ner", **task}, "data": {"max_length": 16}})
+    return NerTask.from_training_data(cfg, read_records(rows))
+
+
+def _tok(tiny_bert: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def test_label_on_first_subtoken_only(tiny_bert: Path) -> None:
+    task = _task([{"tokens": ["Unbelievably", "Oslo"], "tags": ["O", "B-LOC"]}])
+    assert task.labels == ["O", "B-LOC", "I-LOC"]
+    feats = task.encode(read_records([{"tokens": ["Unbelievably", "Oslo"], "tags": ["O", "B-LOC"]}]), _tok(tiny_bert), with_labels=True)
+    (feat,) = feats
+    pieces = [w for w in feat["word_ids"] if w == 0]
+    assert len(pieces) > 1  # "Unbelievably" is split into several sub-tokens
+    labelled = [(w, l) for w, l in zip(feat["word_ids"], feat["labels"]) if l != -100]
+    assert labelled == [(0, 0), (1, 1)]  # [CLS]/[SEP]/continuation pieces are ignored by the loss
+
+
+def test_long_input_is_windowed_without_dropping_tokens(tiny_bert: Path) -> None:
+    tokens = [f"word{i}" for i in range(40)]
+    tags = ["B-LOC" if i % 7 == 0 else "O" for i in range(40)]
+    task = _task([{"tokens": tokens, "tags": tags}], stride=4)
+    feats = task.encode(read_records([{"tokens": tokens, "tags": tags}]), _tok(tiny_bert), with_labels=True)
+    assert len(feats) > 2 and all(len(f["input_ids"]) <= 16 for f in feats)
+    covered = {w for f in feats for w, l in zip(f["word_ids"], f["labels"]) if l != -100}
+    assert covered == set(range(40))
+    import numpy as np
+
+    outputs = [np.random.default_rng(0).normal(size=(len(f["input_ids"]), 3)).astype("float32") for f in feats]
+    (pred,) = task.decode(outputs, feats)
+    assert len(pred["tags"]) == 40
+
+
+def test_raw_text_with_character_offsets(tiny_bert: Path) -> None:
+    rows = [{"text": "Dr. Alice Smith moved to Oslo.", "entities": [{"start": 4, "end": 15, "label": "PER"},
+                                                                  {"start": 25, "end": 29, "label": "LOC", "text": "Oslo"}]}]
+    task = _task(rows)
+    (ex,) = task._examples(read_records(rows), with_labels=True)
+    assert ex["words"][:4] == ["Dr", ".", "Alice", "Smith"]
+    assert ex["tags"] == ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+
+
+def test_bad_records_name_file_record_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "ner.jsonl"
+    path.write_text(json.dumps({"tokens": ["a", "b"], "tags": ["O", "B-X"]}) + "\n" +
+                    json.dumps({"tokens": ["a", "b", "c"], "tags": ["O", "B-X"]}) + "\n", encoding="utf-8")
+    with pytest.raises(tunelab.DataError, match=r"ner\.jsonl line 2: 3 tokens but 2 tags"):
+        _task(read_records(path))
+    with pytest.raises(tunelab.DataError, match=r"row 0, field 'tags': tag 'PERSON' is neither"):
+        _task([{"tokens": ["a"], "tags": ["PERSON"]}])
+    with pytest.raises(tunelab.DataError, match="prefix 'M' is not part of the BIOES scheme"):
+        _task([{"tokens": ["a", "b"], "tags": ["B-X", "M-X"]}], tag_scheme="bioes")
+    text = {"text": "Alice met Bob", "entities": [{"start": 0, "end": 3, "label": "PER"}]}
+    with pytest.raises(tunelab.DataError, match="cuts through a word"):
+        _task([text])
+    with pytest.raises(tunelab.DataError, match=r"text\[0:5\] is 'Alice', not 'Alicia'"):
+        _task([{"text": "Alice met Bob", "entities": [{"start": 0, "end": 5, "label": "PER", "text": "Alicia"}]}])
+    with pytest.raises(tunelab.DataError, match="overlaps another entity"):
+        _task([{"text": "Alice met Bob", "entities": [{"start": 0, "end": 5, "label": "PER"}, {"start": 0, "end": 9, "label": "X"}]}])
+    with pytest.raises(tunelab.DataError, match="field 'text': empty text"):
+        _task([{"text": "  ", "entities": []}])
+    with pytest.raises(tunelab.DataError, match="no entities"):
+        _task([{"tokens": ["a"], "tags": ["O"]}])
+
+
+# ---- end to end ------------------------------------------------------------------------------
+def test_ner_trains_evaluates_and_predicts_spans(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_bert, tmp_path / "ner", epochs=8, learning_rate=3e-3)
+    cfg["task"] = "ner"
+    run = tunelab.fit(cfg, train=toy_sentences(120), validation=toy_sentences(30, seed=9))
+    assert {"precision", "recall", "f1", "per_type", "token_accuracy"} <= set(run.metrics)
+    assert set(run.metrics["per_type"]) == {"PER", "LOC"}
+    assert run.metrics["f1"] > 0.8, run.metrics
+    (pred,) = tunelab.Predictor.load(run.artifact_dir).predict(["Carol lives in Lima ."])
+    for ent in pred["entities"]:
+        assert "Carol lives in Lima ."[ent["start"]:ent["end"]] == ent["text"] and 0 < ent["score"] <= 1
+    assert {(e["type"], e["text"]) for e in pred["entities"]} == {("PER", "Carol"), ("LOC", "Lima")}
+
+
+def test_ner_lora_and_chinese_bmes(tiny_bert: Path, tmp_path: Path) -> None:
+    path = tmp_path / "train.char.bmes"
+    lines = []
+    for i in range(40):
+        if i % 2:
+            lines += ["张 B-NAME", "三 E-NAME", "在 O", "北 B-LOC", "京 E-LOC", ""]
+        else:  # a three-character name: B-M-E (the M makes the scheme detectable as BMES)
+            lines += ["王 B-NAME", "小 M-NAME", "明 E-NAME", "在 O", "上 B-LOC", "海 E-LOC", ""]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = tiny_config(tiny_bert, tmp_path / "zh", epochs=4, learning_rate=5e-3)
+    cfg.update(task="ner", method={"name": "lora"})
+    cfg["data"]["train"] = str(path)
+    run = tunelab.fit(cfg)
+    assert run.artifact_dir.joinpath("model", "adapter_model.safetensors").is_file()
+    manifest = json.loads((run.artifact_dir / "manifest.json").read_text())
+    assert manifest["task"]["state"]["tag_scheme"] == "bmes"
+    (pred,) = tunelab.Predictor.load(run.artifact_dir).predict(["张三在北京"])
+    assert pred["words"] == ["张", "三", "在", "北", "京"]
+    for ent in pred["entities"]:
+        assert "张三在北京"[ent["start"]:ent["end"]] == ent["text"]
