@@ -17,8 +17,6 @@ import argparse
 import csv
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import matmul_peak_gflops, peak_rss_mb, run_in_subprocess  # noqa: E402
 HYPER = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
          "max_length": 66, "seed": 42, "max_grad_norm": 1.0}
 
@@ -40,24 +40,6 @@ def read_split(data_dir: Path, split: str, limit: int | None = None) -> list[dic
             if limit and len(rows) >= limit:
                 break
     return rows
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 20) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def useful_training_flops(lengths: list[int], config) -> float:
@@ -170,15 +152,10 @@ def main() -> None:
     report["matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     print(f"fp32 matmul peak: {report['matmul_peak_gflops']} GFLOP/s", flush=True)
     for name in args.systems.split(","):
-        result_path = args.work / f"{name}.json"
-        cmd = [sys.executable, __file__, "--run-system", name, "--result", str(result_path), "--data-dir", str(args.data_dir),
-               "--defaults-samples", str(args.defaults_samples), "--work", str(args.work)]
+        extra = ["--data-dir", str(args.data_dir), "--defaults-samples", str(args.defaults_samples)]
         if args.train_samples:
-            cmd += ["--train-samples", str(args.train_samples)]
-        print(f"running {name} ...", flush=True)
-        subprocess.run(cmd, check=True)
-        report["systems"][name] = json.loads(result_path.read_text())
-        print(f"  {name}: {report['systems'][name]}", flush=True)
+            extra += ["--train-samples", str(args.train_samples)]
+        report["systems"][name] = run_in_subprocess(__file__, name, args.work, extra)
     systems = report["systems"]
     report["train_samples"] = args.train_samples or len(read_split(args.data_dir, "train"))
     if "tunelab" in systems:

@@ -150,6 +150,7 @@ def test_ner_trains_evaluates_and_predicts_spans(tiny_bert: Path, tmp_path: Path
     assert {"precision", "recall", "f1", "per_type", "token_accuracy"} <= set(run.metrics)
     assert set(run.metrics["per_type"]) == {"PER", "LOC"}
     assert run.metrics["f1"] > 0.8, run.metrics
+    assert (run.artifact_dir / "plots" / "per_type_f1.png").is_file()
     (pred,) = tunelab.Predictor.load(run.artifact_dir).predict(["Carol lives in Lima ."])
     for ent in pred["entities"]:
         assert "Carol lives in Lima ."[ent["start"]:ent["end"]] == ent["text"] and 0 < ent["score"] <= 1

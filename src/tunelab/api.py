@@ -28,7 +28,7 @@ from .errors import DataError
 from .methods import apply_method, parameter_counts
 from .metrics import scalar_metrics
 from .models import quiet_loading, resolve_model
-from .plots import confusion_matrix_png, training_curves
+from .plots import confusion_matrix_png, per_label_f1_png, training_curves
 from .predict import Predictor, collate_for
 from .tasks import TASKS
 from .train import LoopInputs, TrainResult, evaluate_features, total_optimizer_steps, train_loop
@@ -101,13 +101,16 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if hasattr(task, "prepare_tokenizer"):
+        task.prepare_tokenizer(tokenizer)  # e.g. entity-marker tokens; saved with the artifact's tokenizer
     train_features = task.encode(train_records, tokenizer, with_labels=True)
     val_features = task.encode(val_records, tokenizer, with_labels=True)
     test_features = task.encode(test_records, tokenizer, with_labels=True) if test_records is not None else None
 
     model, head = task.build_model(resolved.path, dropout=cfg.train.dropout)
     total_steps = total_optimizer_steps(len(train_features), cfg.train)
-    adaptation = apply_method(model, cfg.method, task.peft_task_type, head, total_steps)
+    extras = task.peft_extras(cfg.method.name) if hasattr(task, "peft_extras") and cfg.method.name != "full" else {}
+    adaptation = apply_method(model, cfg.method, task.peft_task_type, head, total_steps, extras)
     counts = parameter_counts(adaptation.model)
     collate = collate_for(task, tokenizer)
 
@@ -158,6 +161,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
         if "confusion_matrix" in val_metrics:
             confusion_matrix_png(val_metrics["confusion_matrix"], task.labels, plots / "confusion_matrix.png",
                                  title="validation confusion matrix")
+        if "per_type" in val_metrics:
+            per_label_f1_png(val_metrics["per_type"], plots / "per_type_f1.png", title="validation scores per entity type")
 
     artifact_dir = write_artifact(run_dir / "artifact", manifest, write_parts)
     # The run finished: its resumable checkpoint is no longer needed.

@@ -41,7 +41,7 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """Which task and its own options."""
 
-    name: Literal["classification", "ner"] = Field("classification", description="the task to learn")
+    name: Literal["classification", "ner", "relation", "qa"] = Field("classification", description="the task to learn")
     problem_type: Literal["single_label", "multi_label", "regression"] = Field(
         "single_label", description="classification: one label, several labels, or a number per text"
     )
@@ -49,6 +49,12 @@ class TaskConfig(_Strict):
     tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bmes"] = Field(
         "auto", description="ner: tag scheme of the data, converted to BIO on reading (auto: detect)"
     )
+    doc_stride: int | None = Field(None, ge=0, description="qa: tokens shared by consecutive windows of a long "
+                                   "context (default: a quarter of data.max_length)")
+    max_answer_length: int = Field(30, ge=1, description="qa: longest answer in tokens")
+    n_best: int = Field(20, ge=1, description="qa: start/end candidates per window")
+    allow_unanswerable: bool = Field(False, description="qa: SQuAD 2.0 style questions without an answer")
+    negative_label: str = Field("Other", description="relation: the no-relation label, left out of macro-F1")
     stride: int | None = Field(None, ge=0, description="ner: sub-tokens shared by consecutive windows of a long "
                                "input (default: a quarter of data.max_length)")
 
@@ -66,6 +72,9 @@ class DataConfig(_Strict):
     tokens_column: str = Field("tokens", description="ner: pre-split tokens (a list per record)")
     tags_column: str = Field("tags", description="ner: one tag per token")
     entities_column: str = Field("entities", description="ner: character-offset entities for raw text_column")
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
 

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,8 @@ def _read_file(path: Path) -> Records:
         return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
         return _read_jsonl(path, text)
+    if suffix == ".txt" and SEMEVAL_LINE.match(text.lstrip("\ufeff")):
+        return _read_semeval(path, text)
     if suffix in COLUMN_SUFFIXES:
         return _read_token_columns(path, text)
     return _read_json(path, text)
@@ -140,6 +143,36 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
     except csv.Error as err:
         raise DataError(f"{path} line {reader.line_num}: {err}") from None
     return Records(rows, str(path), lines, header)
+
+
+SEMEVAL_LINE = re.compile(r'\s*\d+\t"')
+
+
+def _read_semeval(path: Path, text: str) -> Records:
+    """SemEval-2010 Task 8 files: blocks of `id<TAB>"sentence"`, label, `Comment: ...`, blank line.
+    A test file without labels (only sentence lines) gives records without a label."""
+    rows, lines = [], []
+    block: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines() + [""], start=1):
+        if line.strip():
+            block.append((number, line))
+            continue
+        if not block:
+            continue
+        first_line, first = block[0]
+        if not SEMEVAL_LINE.match(first):
+            raise DataError(f"{path} line {first_line}: expected `id<TAB>\"sentence\"` to start a block, got {first[:60]!r}")
+        ident, sentence = first.split("\t", 1)
+        row: dict[str, Any] = {"id": ident.strip(), "text": sentence.strip()}
+        for _, extra in block[1:]:
+            if extra.startswith("Comment:"):
+                row["comment"] = extra[len("Comment:"):].strip()
+            elif "label" not in row:
+                row["label"] = extra.strip()
+        rows.append(row)
+        lines.append(first_line)
+        block = []
+    return Records(rows, str(path), lines, sorted({k for r in rows for k in r}))
 
 
 def _read_token_columns(path: Path, text: str) -> Records:

@@ -29,12 +29,14 @@ class Adaptation:
     after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
 
 
-def _peft_config(method: MethodConfig, task_type: str, head: list[str], total_steps: int) -> Any:
+def _peft_config(method: MethodConfig, task_type: str | None, head: list[str], total_steps: int,
+                 task_extras: dict[str, Any]) -> Any:
     import peft
 
     common: dict[str, Any] = {"task_type": task_type}
-    extra = dict(method.peft)
-    modules_to_save = sorted(set(head) | set(extra.pop("modules_to_save", None) or []))
+    extra = {**task_extras, **method.peft}
+    modules_to_save = sorted(set(head) | set(task_extras.get("modules_to_save", [])) | set(method.peft.get("modules_to_save") or []))
+    extra.pop("modules_to_save", None)
     if method.name == "lora":
         kwargs = dict(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
                       target_modules=method.target_modules, modules_to_save=modules_to_save)
@@ -67,8 +69,10 @@ def _peft_config(method: MethodConfig, task_type: str, head: list[str], total_st
         raise ConfigError(f"method: peft rejected the {method.name} config: {err}") from None
 
 
-def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str, head: list[str], total_steps: int) -> Adaptation:
-    """Wrap ``model`` for ``method`` and check that something will train."""
+def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str | None, head: list[str], total_steps: int,
+                 task_extras: dict[str, Any] | None = None) -> Adaptation:
+    """Wrap ``model`` for ``method`` and check that something will train. ``task_extras`` are peft fields a
+    task needs (e.g. relation extraction's trainable marker-token rows)."""
     if method.name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -78,7 +82,7 @@ def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str, h
 
         from .models import quiet_loading
 
-        config = _peft_config(method, task_type, head, total_steps)
+        config = _peft_config(method, task_type, head, total_steps, task_extras or {})
         try:
             with quiet_loading():
                 wrapped = peft.get_peft_model(model, config)

@@ -91,3 +91,29 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, An
     return {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
             "f1_macro": float(macro["f1-score"]), "token_accuracy": correct / tokens if tokens else 0.0,
             "per_type": per_type}
+
+
+def relation_metrics(gold: list[str], pred: list[str], negative: str | None) -> dict[str, Any]:
+    """The official SemEval-2010 Task 8 score: per relation type (directions merged for counting), a
+    prediction is correct only if it matches the gold label exactly (type and direction); precision =
+    correct / predicted of that type, recall = correct / gold of that type; macro-F1 = mean F1 over the
+    types present in the gold labels, excluding the negative label (``Other``)."""
+    from .tasks.relation import relation_type
+
+    types = sorted({relation_type(g) for g in gold} - {negative})
+    per: dict[str, dict[str, float]] = {}
+    for kind in types:
+        correct = sum(1 for g, p in zip(gold, pred) if g == p and relation_type(g) == kind)
+        predicted = sum(1 for p in pred if relation_type(p) == kind)
+        actual = sum(1 for g in gold if relation_type(g) == kind)
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per[kind] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return {
+        "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 0.0,
+        "macro_precision": float(np.mean([v["precision"] for v in per.values()])) if per else 0.0,
+        "macro_recall": float(np.mean([v["recall"] for v in per.values()])) if per else 0.0,
+        "accuracy": float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else 0.0,
+        "per_type": per,
+    }

@@ -54,3 +54,21 @@ def confusion_matrix_png(matrix: list[list[int]], labels: list[str], path: Path,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def per_label_f1_png(report: dict[str, dict[str, float]], path: Path, title: str = "F1 per type") -> Path:
+    """Horizontal bars of precision/recall/F1 per label or entity type, with the support in the label."""
+    names = sorted(report, key=lambda k: report[k]["f1"])
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(names) + 1.2)))
+    y = np.arange(len(names))
+    ax.barh(y - 0.25, [report[n]["precision"] for n in names], height=0.25, color="#9ab", label="precision")
+    ax.barh(y, [report[n]["recall"] for n in names], height=0.25, color="#c98", label="recall")
+    ax.barh(y + 0.25, [report[n]["f1"] for n in names], height=0.25, color="#246", label="F1")
+    ax.set_yticks(y, [f"{n} (n={report[n]['support']})" for n in names])
+    ax.set(xlim=(0, 1), title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

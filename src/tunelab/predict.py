@@ -72,21 +72,30 @@ class Predictor:
         return list(self.task.labels)
 
     def _records(self, inputs: Any) -> Records:
+        """Plain texts, token lists (NER), (text, pair) tuples, dicts, a DataFrame or a file -> Records."""
         s = self.task.state
         if isinstance(inputs, str):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], dict):
-            rows = []
-            for item in inputs:
-                if isinstance(item, (tuple, list)):
-                    if not s.get("text_pair_column") or len(item) != 2:
-                        raise DataError("(text, text_pair) inputs need a model trained on sentence pairs "
-                                        "(data.text_pair_column); this one takes single texts")
-                    rows.append({s["text_column"]: item[0], s["text_pair_column"]: item[1]})
-                else:
-                    rows.append({s["text_column"]: item})
+            rows = [self._row(item, s) for item in inputs]
             return Records(rows, "inputs", None, sorted({k for r in rows for k in r}))
         return read_records(inputs, name="inputs")
+
+    @staticmethod
+    def _row(item: Any, s: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(item, str):
+            if "text_column" not in s:
+                raise DataError("this model takes records, not plain texts: pass dicts such as "
+                                "{'question': ..., 'context': ...}")
+            return {s["text_column"]: item}
+        if isinstance(item, (tuple, list)):
+            if "tokens_column" in s:
+                return {s["tokens_column"]: [str(t) for t in item]}
+            if s.get("text_pair_column") and len(item) == 2:
+                return {s["text_column"]: item[0], s["text_pair_column"]: item[1]}
+            raise DataError("(text, text_pair) inputs need a model trained on sentence pairs "
+                            "(data.text_pair_column); this one takes single texts")
+        raise DataError(f"cannot predict for a {type(item).__name__}: give texts, dicts, a DataFrame or a file")
 
     def predict(self, inputs: str | Sequence[Any] | Any, batch_size: int = 64) -> list[dict[str, Any]]:
         """Predict for texts, (text, pair) tuples, dicts with the training columns, a DataFrame or a file.

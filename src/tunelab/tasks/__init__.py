@@ -9,7 +9,9 @@ record), ``compute_metrics`` and ``primary_metric``.
 
 from .classification import ClassificationTask
 from .ner import NerTask
+from .qa import QaTask
+from .relation import RelationTask
 
-TASKS = {"classification": ClassificationTask, "ner": NerTask}
+TASKS = {"classification": ClassificationTask, "ner": NerTask, "relation": RelationTask, "qa": QaTask}
 
-__all__ = ["TASKS", "ClassificationTask", "NerTask"]
+__all__ = ["TASKS", "ClassificationTask", "NerTask", "QaTask", "RelationTask"]

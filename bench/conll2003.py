@@ -1,0 +1,149 @@
+"""CoNLL-2003 NER benchmark: tunelab (full fine-tuning and LoRA) vs the Hugging Face Trainer
+token-classification recipe (run_ner style: label on the first sub-token, DataCollatorForTokenClassification,
+truncation at max length), same MiniLM, epochs, batch size, schedule and machine; train -> test entity F1
+(seqeval, strict IOB2 for tunelab; seqeval default for the HF recipe, as run_ner computes it).
+
+Run:  .venv/bin/python bench/conll2003.py [--data-dir ../shared/data/conll2003] [--epochs 3]
+Writes bench/results/conll2003.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import peak_rss_mb, run_in_subprocess  # noqa: E402
+
+HYPER = {"batch_size": 32, "full_learning_rate": 1e-4, "lora_learning_rate": 1e-3, "lora_r": 16,
+         "warmup_ratio": 0.06, "weight_decay": 0.01, "max_length": 128, "seed": 42}
+
+
+def run_tunelab(args, method: str) -> dict:
+    import tunelab
+    from tunelab.data import read_records
+
+    train = read_records(args.data_dir / "train.txt")
+    valid = read_records(args.data_dir / "valid.txt")
+    if args.train_sentences:
+        train = train.subset(range(min(args.train_sentences, len(train))))
+    lr = HYPER["full_learning_rate"] if method == "full" else HYPER["lora_learning_rate"]
+    cfg = {"task": "ner", "model": "minilm", "output_dir": str(args.work / f"tunelab_{method}"),
+           "method": {"name": method, "r": HYPER["lora_r"], "alpha": 2 * HYPER["lora_r"]},
+           "data": {"max_length": HYPER["max_length"]},
+           "train": {"epochs": args.epochs, "batch_size": HYPER["batch_size"], "learning_rate": lr,
+                     "warmup_ratio": HYPER["warmup_ratio"], "weight_decay": HYPER["weight_decay"], "seed": HYPER["seed"]}}
+    run = tunelab.fit(cfg, train=train, validation=valid)
+    started = time.perf_counter()
+    test = tunelab.Predictor.load(run.artifact_dir).evaluate(args.data_dir / "test.txt")
+    return {"test_f1": test["f1"], "test_precision": test["precision"], "test_recall": test["recall"],
+            "test_per_type_f1": {k: v["f1"] for k, v in test["per_type"].items()},
+            "dev_f1": run.metrics["f1"], "samples_per_s": run.train.samples_per_s,
+            "train_seconds": run.train.train_seconds, "test_eval_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"]}
+
+
+def run_hf(args) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainingArguments)
+
+    from tunelab.data import read_records
+    from tunelab.models import resolve_model
+
+    path = resolve_model("minilm").path
+    train = read_records(args.data_dir / "train.txt").rows
+    test = read_records(args.data_dir / "test.txt").rows
+    if args.train_sentences:
+        train = train[: args.train_sentences]
+    labels = sorted({t for r in train for t in r["tags"]}, key=lambda t: (t != "O", t[2:], t))
+    label_to_id = {t: i for i, t in enumerate(labels)}
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def encode(batch):
+        enc = tok(batch["tokens"], is_split_into_words=True, truncation=True, max_length=HYPER["max_length"])
+        all_labels = []
+        for i, tags in enumerate(batch["tags"]):
+            prev, row = None, []
+            for w in enc.word_ids(i):
+                row.append(-100 if w is None or w == prev else label_to_id[tags[w]])
+                prev = w
+            all_labels.append(row)
+        enc["labels"] = all_labels
+        return enc
+
+    train_ds = Dataset.from_list(train).map(encode, batched=True, remove_columns=["tokens", "tags"])
+    test_ds = Dataset.from_list(test).map(encode, batched=True, remove_columns=["tokens", "tags"])
+    torch.manual_seed(HYPER["seed"])
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(labels),
+                                                            id2label=dict(enumerate(labels)), label2id=label_to_id)
+    targs = TrainingArguments(
+        output_dir=str(args.work / "hf_trainer"), per_device_train_batch_size=HYPER["batch_size"],
+        per_device_eval_batch_size=128, learning_rate=HYPER["full_learning_rate"], num_train_epochs=args.epochs,
+        warmup_steps=HYPER["warmup_ratio"], weight_decay=HYPER["weight_decay"], lr_scheduler_type="linear",
+        seed=HYPER["seed"], eval_strategy="no", save_strategy="no", logging_steps=100, report_to="none",
+        disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=DataCollatorForTokenClassification(tok))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    pred = trainer.predict(test_ds)
+    ids = np.argmax(pred.predictions, -1)
+    gold_tags, pred_tags = [], []
+    for p_row, g_row in zip(ids, pred.label_ids):
+        keep = g_row != -100
+        gold_tags.append([labels[g] for g in g_row[keep]])
+        pred_tags.append([labels[p] for p in p_row[keep]])
+    return {"test_f1": f1_score(gold_tags, pred_tags), "test_precision": precision_score(gold_tags, pred_tags),
+            "test_recall": recall_score(gold_tags, pred_tags), "samples_per_s": len(train_ds) * args.epochs / seconds,
+            "train_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+SYSTEMS = {"tunelab": lambda a: run_tunelab(a, "full"), "tunelab_lora": lambda a: run_tunelab(a, "lora"),
+           "hf_trainer": run_hf}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "conll2003")
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--train-sentences", type=int, default=None, help="default: all 14,041")
+    parser.add_argument("--systems", default="tunelab,tunelab_lora,hf_trainer")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench-conll"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "conll2003.json")
+    parser.add_argument("--run-system", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_system:
+        args.result.write_text(json.dumps(SYSTEMS[args.run_system](args)))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = {"systems": {}, "hyperparameters": {**HYPER, "epochs": args.epochs},
+              "command": "python " + " ".join(sys.argv), "train_sentences": args.train_sentences or 14041}
+    extra = ["--data-dir", str(args.data_dir), "--epochs", str(args.epochs)]
+    if args.train_sentences:
+        extra += ["--train-sentences", str(args.train_sentences)]
+    for name in args.systems.split(","):
+        report["systems"][name] = run_in_subprocess(__file__, name, args.work, extra)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))  # partial results survive an interrupted run
+    s = report["systems"]
+    if "tunelab" in s and "hf_trainer" in s:
+        report["f1_difference_points"] = round(100 * (s["tunelab"]["test_f1"] - s["hf_trainer"]["test_f1"]), 2)
+        report["throughput_ratio"] = round(s["tunelab"]["samples_per_s"] / s["hf_trainer"]["samples_per_s"], 2)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
