@@ -19,6 +19,7 @@ from ..config import Config
 from ..data import Records, require_column
 from ..errors import DataError
 from .. import metrics as M
+from .common import label_weights
 
 
 class ClassificationTask:
@@ -64,15 +65,9 @@ class ClassificationTask:
         return cls(state)
 
     def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
-        if spec is None or self.problem_type == "regression":
+        if self.problem_type == "regression":
             return None
-        if spec == "balanced":
-            counts = np.array([self.state["label_counts"][n] for n in self.labels], dtype=float)
-            return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float)
-        unknown = set(spec) - set(self.labels)
-        if unknown:
-            raise DataError(f"train.class_weights names unknown labels {sorted(unknown)}; labels are {self.labels}")
-        return torch.tensor([float(spec.get(n, 1.0)) for n in self.labels], dtype=torch.float)
+        return label_weights(spec, self.labels, self.state.get("label_counts", {}))
 
     def stratify_keys(self, records: Records) -> list[str] | None:
         if self.problem_type != "single_label":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+
+from ..errors import DataError
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout")
 
@@ -31,3 +34,17 @@ def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **co
         model, info = auto_class.from_pretrained(model_path, config=config, output_loading_info=True)
     head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
     return model, head
+
+
+def label_weights(spec: str | dict[str, float] | None, labels: list[str], counts: dict[str, int]) -> torch.Tensor | None:
+    """Loss weights per label: ``balanced`` (inverse frequency, as scikit-learn computes it) or a
+    {label: weight} dict (unnamed labels weigh 1)."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        c = np.array([max(1, counts.get(name, 0)) for name in labels], dtype=float)
+        return torch.tensor(c.sum() / (len(c) * c), dtype=torch.float)
+    unknown = set(spec) - set(labels)
+    if unknown:
+        raise DataError(f"train.class_weights names unknown labels {sorted(unknown)}; labels are {labels}")
+    return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float)

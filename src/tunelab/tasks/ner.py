@@ -28,6 +28,7 @@ from ..config import Config
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
+from .common import label_weights
 
 # A word is a run of letters/digits, or one punctuation mark; CJK characters are words of their own
 # (Chinese NER datasets label characters).
@@ -100,16 +101,7 @@ class NerTask:
         return None
 
     def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
-        if spec is None:
-            return None
-        counts = self.state.get("tag_counts", {})
-        if spec == "balanced":
-            c = np.array([max(1, counts.get(name, 0)) for name in self.labels], dtype=float)
-            return torch.tensor(c.sum() / (len(c) * c), dtype=torch.float)
-        unknown = set(spec) - set(self.labels)
-        if unknown:
-            raise DataError(f"train.class_weights names unknown tags {sorted(unknown)}; tags are {self.labels}")
-        return torch.tensor([float(spec.get(n, 1.0)) for n in self.labels], dtype=torch.float)
+        return label_weights(spec, self.labels, self.state.get("tag_counts", {}))
 
     # ---- records -> word-level examples ----------------------------------------------------------
     def _examples(self, records: Records, *, with_labels: bool, scheme: str | None = None) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from ..batching import pad_batch
 from ..config import Config
 from ..data import Records, require_column
 from ..errors import ConfigError, DataError
+from .common import label_weights
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 _TAG = re.compile(r"</?e[12]>")
@@ -149,15 +150,7 @@ class RelationTask:
         return [str(r.get(self.state["label_column"])).strip() for r in records.rows]
 
     def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
-        if spec is None:
-            return None
-        if spec == "balanced":
-            c = np.array([self.state["label_counts"][n] for n in self.labels], dtype=float)
-            return torch.tensor(c.sum() / (len(c) * c), dtype=torch.float)
-        unknown = set(spec) - set(self.labels)
-        if unknown:
-            raise DataError(f"train.class_weights names unknown labels {sorted(unknown)}")
-        return torch.tensor([float(spec.get(n, 1.0)) for n in self.labels], dtype=torch.float)
+        return label_weights(spec, self.labels, self.state.get("label_counts", {}))
 
     # ---- tokenizer and features --------------------------------------------------------------------
     def prepare_tokenizer(self, tokenizer: Any) -> None:
