@@ -58,7 +58,28 @@ def tiny_config(model: Path, out: Path, **train: object) -> dict:
     return {
         "model": str(model),
         "output_dir": str(out),
+        "strategy": "finetune",  # tiny datasets would otherwise pick the few-shot path (strategy: auto)
         "method": {"name": "full"},
         "data": {"max_length": 32},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 3, **train},
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-wide Llama with random weights and the packaged SmolLM2 tokenizer (chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2").path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -41,7 +41,10 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """Which task and its own options."""
 
-    name: Literal["classification", "ner", "relation", "qa"] = Field("classification", description="the task to learn")
+    name: Literal["classification", "ner", "relation", "qa", "summarization", "translation", "dialogue"] = Field(
+        "classification", description="the task to learn")
+    labels: list[str] | None = Field(None, description="zero-shot: the label names (classification) or entity types "
+                                     "(ner) when there is no training data to read them from")
     problem_type: Literal["single_label", "multi_label", "regression"] = Field(
         "single_label", description="classification: one label, several labels, or a number per text"
     )
@@ -57,6 +60,15 @@ class TaskConfig(_Strict):
     negative_label: str = Field("Other", description="relation: the no-relation label, left out of macro-F1")
     stride: int | None = Field(None, ge=0, description="ner: sub-tokens shared by consecutive windows of a long "
                                "input (default: a quarter of data.max_length)")
+    instruction: str | None = Field(None, description="summarization/translation: the user turn, with a {text} slot "
+                                    "(translation also {source_lang} {target_lang}); a default per task")
+    system_prompt: str | None = Field(None, description="generation: a system turn (default: the chat template's own)")
+    source_lang: str = Field("English", description="translation: source language name used in the instruction")
+    target_lang: str = Field("French", description="translation: target language name used in the instruction")
+    packing: bool = Field(False, description="generation: pack several short examples into one training sequence "
+                          "(attention stays within each example)")
+    eval_generate: int = Field(32, ge=0, description="generation: validation records generated at each evaluation "
+                               "during training for ROUGE/BLEU (0: loss only); the final evaluation generates all")
 
 
 class DataConfig(_Strict):
@@ -75,6 +87,10 @@ class DataConfig(_Strict):
     question_column: str = "question"
     context_column: str = "context"
     answers_column: str = "answers"
+    target_column: str = Field("target", description="summarization/translation: the reference output text")
+    reference_columns: list[str] | None = Field(None, description="generation: several reference columns for "
+                                                "evaluation (multi-reference ROUGE/BLEU), e.g. [summary1, summary2]")
+    messages_column: str = Field("messages", description="dialogue: a list of {role, content} turns")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
 
@@ -123,6 +139,51 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
 
 
+class GenerateConfig(_Strict):
+    """Decoding for generation tasks and generative zero-shot (e.g. entity extraction)."""
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = Field(128, ge=1)
+    num_beams: int = Field(4, ge=2, description="beam: beams kept")
+    temperature: float = Field(0.7, gt=0, description="sample: softmax temperature")
+    top_p: float = Field(0.9, gt=0, le=1, description="sample: nucleus mass")
+    repetition_penalty: float = Field(1.0, ge=1.0, description="1.0: none")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="forbid repeating n-grams of this size (0: allow)")
+    stop: list[str] = Field(default_factory=list, description="stop strings, cut from the output")
+    batch_size: int = Field(16, ge=1, description="prompts decoded together")
+    seed: int | None = Field(None, description="sample: seed for reproducible sampling")
+
+
+class PromptConfig(_Strict):
+    """Zero-shot and in-context few-shot prompting of a causal LM."""
+
+    template: str | None = Field(None, description="the user turn with a {text} slot (also {text_pair}, {labels}, "
+                                 "{types}); a default per task")
+    verbalizers: dict[str, str] | None = Field(None, description="classification: label -> the word(s) the LM "
+                                               "should answer with; default: the label names")
+    calibrate: bool = Field(True, description="classification: divide out the label bias measured on content-free "
+                            "inputs (contextual calibration)")
+    demonstrations: int = Field(4, ge=0, description="few_shot: labelled examples shown per input, the most similar "
+                                "by embedding")
+    embedder: str = Field("minilm", description="few_shot: encoder that picks similar demonstrations")
+    batch_size: int = Field(16, ge=1)
+
+
+class SetFitConfig(_Strict):
+    """Few-shot classification SetFit-style: contrastive tuning of sentence embeddings, then a light head."""
+
+    pairs_per_example: int = Field(20, ge=1, description="positive+negative pairs drawn per labelled example")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    head_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic-regression head")
+    max_length: int = Field(128, ge=8)
+
+
+GENERATION_TASKS = ("summarization", "translation", "dialogue")
+STRATEGIES = ("auto", "finetune", "zero_shot", "few_shot", "setfit")
+
+
 class Config(_Strict):
     """Everything one run needs. See ``configs/`` for examples."""
 
@@ -133,6 +194,14 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: Literal["auto", "finetune", "zero_shot", "few_shot", "setfit"] = Field(
+        "auto", description="finetune, zero_shot (prompt a causal LM), few_shot (in-context examples), setfit "
+        "(contrastive embeddings + head); auto: from the labelled data and the model")
+    few_shot_limit: int = Field(16, ge=1, description="auto: at most this many labelled examples per class "
+                                "means few-shot (setfit on an encoder, in-context on a causal LM)")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    setfit: SetFitConfig = Field(default_factory=SetFitConfig)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -148,6 +217,17 @@ class Config(_Strict):
     def _consistent(self) -> Config:
         if self.method.merge and self.method.name != "lora":
             raise ValueError(f"method.merge applies to lora only, not {self.method.name!r}")
+        from .prompts import check_template
+
+        if self.prompt.template is not None:
+            check_template(self.prompt.template, self.task.name, "prompt.template")
+        if self.task.instruction is not None:
+            check_template(self.task.instruction, self.task.name, "task.instruction")
+        if self.task.name in GENERATION_TASKS and self.strategy in ("few_shot", "setfit"):
+            raise ValueError(f"strategy {self.strategy!r} is for classification; {self.task.name} takes "
+                             "finetune or zero_shot")
+        if self.strategy == "setfit" and self.task.name != "classification":
+            raise ValueError("strategy 'setfit' applies to task classification only")
         return self
 
     @property
@@ -162,7 +242,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config{f' in {source}' if source else ''}:"]
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown field"
         got = item.get("input")
@@ -173,6 +253,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 def build_config(
     data: dict[str, Any] | Config | None = None,
+    /,
     *,
     source: str = "",
     dotted: dict[str, Any] | None = None,

@@ -5,6 +5,7 @@ Computed with scikit-learn directly (``evaluate.load`` fetches code from the hub
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -117,3 +118,49 @@ def relation_metrics(gold: list[str], pred: list[str], negative: str | None) -> 
         "accuracy": float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else 0.0,
         "per_type": per,
     }
+
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(texts: list[str]) -> bool:
+    """True when most of the references' letters are CJK characters (then score on characters)."""
+    sample = "".join(texts[:200])
+    letters = [c for c in sample if c.isalpha()]
+    return bool(letters) and sum(bool(_CJK.match(c)) for c in letters) / len(letters) > 0.5
+
+
+class _CharTokenizer:
+    """rouge-score tokenizer for Chinese: one token per character (its default drops non-Latin text)."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return [c for c in text if not c.isspace()]
+
+
+def generation_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, Any]:
+    """ROUGE-1/2/L F-measure (rouge-score; best over the references), corpus BLEU and chrF (sacrebleu),
+    as percentages. Chinese text is scored on characters."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    chinese = is_chinese([r[0] for r in references])
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=not chinese,
+                                      tokenizer=_CharTokenizer() if chinese else None)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, refs in zip(predictions, references):
+        scores = scorer.score_multi(refs, pred)
+        for key in totals:
+            totals[key] += scores[key].fmeasure
+    n = max(1, len(predictions))
+    out: dict[str, Any] = {k: 100.0 * v / n for k, v in totals.items()}
+    # sacrebleu wants one stream per reference position; pad missing references with the first one.
+    width = max(len(r) for r in references) if references else 1
+    streams = [[r[j] if j < len(r) else r[0] for r in references] for j in range(width)]
+    out["bleu"] = float(sacrebleu.corpus_bleu(predictions, streams, tokenize="zh" if chinese else "13a").score)
+    out["chrf"] = float(sacrebleu.corpus_chrf(predictions, streams).score)
+    out["samples"] = len(predictions)
+    out["scored_on"] = "characters" if chinese else "words"
+    return out

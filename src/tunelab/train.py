@@ -49,6 +49,7 @@ class LoopInputs:
     extra_losses: list[Callable[[torch.nn.Module], torch.Tensor]] = field(default_factory=list)
     after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
     tracker_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # for tasks that evaluate by generating text
 
 
 @dataclass
@@ -128,7 +129,11 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
 
 
 def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str, Any]], collate: Collate,
-                      batch_size: int, device: Any) -> dict[str, Any]:
+                      batch_size: int, device: Any, *, tokenizer: Any = None, full: bool = True) -> dict[str, Any]:
+    """The task's metrics on labelled features. Tasks that must generate to be scored provide
+    ``evaluate_model``; ``full=False`` (during training) lets them score a cheaper subset."""
+    if hasattr(task, "evaluate_model"):
+        return task.evaluate_model(model, tokenizer, features, collate, batch_size, device, full=full)
     outputs = model_outputs(model, features, collate, batch_size, task.extract, per_token=task.per_token, device=device)
     return task.compute_metrics(outputs, features)
 
@@ -146,6 +151,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def train_loop(inp: LoopInputs) -> TrainResult:
     cfg = inp.train
+    if not inp.train_features:
+        raise TrainingError("no training examples after preprocessing: check data.train")
     accelerator = _make_accelerator(cfg, inp.run_dir)
     device = accelerator.device
     model = inp.model
@@ -189,7 +196,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
 
     def run_eval() -> None:
         nonlocal best_state
-        metrics = evaluate_features(model, inp.task, inp.val_features, inp.collate, cfg.eval_batch_size, device)
+        metrics = evaluate_features(model, inp.task, inp.val_features, inp.collate, cfg.eval_batch_size, device,
+                                    tokenizer=inp.tokenizer, full=False)
         value = float(metrics[metric_name])
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
                "metrics": metrics}
@@ -233,7 +241,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                     loss = loss + extra(model) * (len(micro) / window_examples)
                 accelerator.backward(loss)
                 step_loss += float(loss.detach())
-                st["tokens_seen"] += int(batch["attention_mask"].sum())
+                st["tokens_seen"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             if not math.isfinite(step_loss):
                 raise TrainingError(
                     f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "

@@ -8,10 +8,12 @@ record), ``compute_metrics`` and ``primary_metric``.
 """
 
 from .classification import ClassificationTask
+from .generation import GenerationTask
 from .ner import NerTask
 from .qa import QaTask
 from .relation import RelationTask
 
-TASKS = {"classification": ClassificationTask, "ner": NerTask, "relation": RelationTask, "qa": QaTask}
+TASKS = {"classification": ClassificationTask, "ner": NerTask, "relation": RelationTask, "qa": QaTask,
+         "summarization": GenerationTask, "translation": GenerationTask, "dialogue": GenerationTask}
 
-__all__ = ["TASKS", "ClassificationTask", "NerTask", "QaTask", "RelationTask"]
+__all__ = ["TASKS", "ClassificationTask", "GenerationTask", "NerTask", "QaTask", "RelationTask"]

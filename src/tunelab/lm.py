@@ -1,0 +1,233 @@
+"""Causal-LM helpers shared by generation tasks and prompting: load, generate (batched or streamed),
+and score continuations.
+
+Generation pads on the left (a decoder continues from the last position), decodes only the new
+tokens, and cuts the output at the first stop string. Prompts longer than the context window are
+truncated from the left and reported, never silently.
+
+Example:
+    >>> from tunelab.lm import load_causal_lm, generate_texts                        # doctest: +SKIP
+    >>> model, tok = load_causal_lm("smollm2")                                          # doctest: +SKIP
+    >>> generate_texts(model, tok, ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .config import GenerateConfig
+from .models import quiet_loading, resolve_model
+from .prompts import ensure_chat_template
+
+
+def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[torch.nn.Module, Any]:
+    """A causal LM and its tokenizer (pad token set, chat template ensured), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(str(name_or_path), allow_network=allow_network).path
+    tokenizer = load_tokenizer(path)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(path)
+    return model.eval(), tokenizer
+
+
+def load_tokenizer(path: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def context_window(model: torch.nn.Module, tokenizer: Any) -> int:
+    config = getattr(model, "config", None)
+    window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+    return int(min(window, 1_000_000))
+
+
+def fit_prompt(ids: list[int], limit: int, where: str, report: list[str] | None) -> list[int]:
+    """Keep the last ``limit`` tokens of a too-long prompt (the instruction's end and the assistant
+    opening matter most) and record that it happened."""
+    if len(ids) <= limit:
+        return ids
+    message = f"{where}: prompt of {len(ids)} tokens truncated to the last {limit} (context window)"
+    if report is not None:
+        report.append(message)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+    return ids[-limit:]
+
+
+def generation_kwargs(cfg: GenerateConfig, tokenizer: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+                              "repetition_penalty": cfg.repetition_penalty}
+    eos = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if im_end is not None:
+        eos.add(im_end)  # ChatML models end their turn with <|im_end|>
+    kwargs["eos_token_id"] = sorted(e for e in eos if e is not None)
+    if cfg.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
+    if cfg.strategy == "greedy":
+        kwargs.update(do_sample=False, num_beams=1)
+    elif cfg.strategy == "beam":
+        kwargs.update(do_sample=False, num_beams=cfg.num_beams, early_stopping=True)
+    else:
+        kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, num_beams=1)
+    if cfg.stop:
+        kwargs.update(stop_strings=list(cfg.stop), tokenizer=tokenizer)
+    # Unset sampling knobs in the model's own generation config would otherwise warn on every call.
+    if cfg.strategy != "sample":
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = len(text)
+    for stop in stops:
+        at = text.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def _left_pad(batch_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    longest = max(len(ids) for ids in batch_ids)
+    input_ids = torch.full((len(batch_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), longest), dtype=torch.long)
+    for row, ids in enumerate(batch_ids):
+        input_ids[row, longest - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
+        mask[row, longest - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: GenerateConfig,
+                 progress: bool = False) -> list[str]:
+    """Generate for tokenized prompts: batches of similar length, outputs in input order."""
+    if cfg.strategy == "sample" and cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
+    kwargs = generation_kwargs(cfg, tokenizer)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    results: list[str] = [""] * len(prompts)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(prompts), desc="generate", unit="text", disable=not (progress and sys.stderr.isatty()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), cfg.batch_size):
+                chunk = order[start:start + cfg.batch_size]
+                batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
+                out = model.generate(**batch, **kwargs)
+                new = out[:, batch["input_ids"].shape[1]:]
+                for row, index in enumerate(chunk):
+                    text = tokenizer.decode(new[row], skip_special_tokens=True)
+                    results[index] = cut_at_stop(text, cfg.stop).strip()
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+        bar.close()
+    return results
+
+
+def stream_ids(model: torch.nn.Module, tokenizer: Any, prompt: list[int], cfg: GenerateConfig) -> Iterator[str]:
+    """Yield the generated text piece by piece as the model produces it (beam search cannot stream)."""
+    from transformers import TextIteratorStreamer
+
+    if cfg.strategy == "beam":
+        raise ValueError("beam search picks its output only at the end, so it cannot stream; use greedy or sample")
+    if cfg.strategy == "sample" and cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {**generation_kwargs(cfg, tokenizer), **_left_pad([prompt], tokenizer.pad_token_id), "streamer": streamer}
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as err:  # surfaced in the caller's thread below
+            failure.append(err)
+            streamer.end()
+
+    model.eval()
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    emitted = ""
+    for piece in streamer:
+        candidate = emitted + piece
+        cut = cut_at_stop(candidate, cfg.stop)
+        if len(cut) < len(candidate):  # a stop string appeared: emit what precedes it and finish
+            if len(cut) > len(emitted):
+                yield cut[len(emitted):]
+            break
+        emitted = candidate
+        if piece:
+            yield piece
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def continuation_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]],
+                          continuations: list[list[int]], batch_size: int = 16) -> np.ndarray:
+    """Sum of log P(continuation tokens | prompt) for each (prompt, continuation) pair.
+
+    Left padding puts every continuation at the end of its row, so only the last few positions need
+    the (vocabulary-sized) output layer: ``logits_to_keep``."""
+    pairs = list(zip(prompts, continuations))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+    scores = np.zeros(len(pairs), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = _left_pad([pairs[i][0] + pairs[i][1] for i in chunk], tokenizer.pad_token_id)
+                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                keep = max(len(pairs[i][1]) for i in chunk) + 1
+                logits = model(**batch, position_ids=positions, logits_to_keep=keep).logits.float()
+                logp = torch.log_softmax(logits, dim=-1)  # [rows, keep, vocab]; the last position predicts nothing
+                for row, index in enumerate(chunk):
+                    cont = pairs[index][1]
+                    c = len(cont)
+                    # logits at t predict token t+1: the continuation's tokens are predicted by the c positions
+                    # before the last one.
+                    picked = logp[row, keep - 1 - c:keep - 1, :].gather(-1, torch.as_tensor(cont).unsqueeze(-1))
+                    scores[index] = float(picked.sum())
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], token_ids: list[int],
+                        batch_size: int = 16) -> np.ndarray:
+    """log P(token | prompt) for each prompt and each of ``token_ids``: one forward pass per prompt."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
+    wanted = torch.as_tensor(token_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
+                # Left padding: positions must count real tokens only, as generate() does.
+                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1, :].float()
+                logp = torch.log_softmax(logits, dim=-1)[:, wanted]
+                for row, index in enumerate(chunk):
+                    out[index] = logp[row].numpy()
+    finally:
+        model.train(was_training)
+    return out

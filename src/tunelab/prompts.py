@@ -1,0 +1,88 @@
+"""Prompt templates: validated slots, task defaults, and rendering through the model's chat template.
+
+A template is a Python format string. Each task allows a fixed set of slots and every template must
+contain ``{text}``; anything else is an error at config time, not a silent KeyError mid-run.
+
+Example:
+    >>> from tunelab.prompts import check_template
+    >>> check_template("Review: {text}\\nSentiment:", "classification", "prompt.template")
+    >>> check_template("Review: {review}", "classification", "prompt.template")
+    Traceback (most recent call last):
+    ...
+    ValueError: prompt.template: unknown slot {review}; allowed: {labels}, {text}, {text_pair}
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+SLOTS = {
+    "classification": {"text", "text_pair", "labels"},
+    "ner": {"text", "types"},
+    "summarization": {"text"},
+    "translation": {"text", "source_lang", "target_lang"},
+    "dialogue": {"text"},
+}
+
+DEFAULT_TEMPLATES = {
+    "classification": "Classify the text into one of: {labels}.\n\nText: {text}\n\nAnswer with the label only.",
+    "ner": ("Extract the named entities of these types from the text: {types}.\n"
+            "Write one entity per line as TYPE: entity text, copied exactly from the text. "
+            "If there are none, write none.\n\nText: {text}"),
+    "summarization": "Summarize the following text in one or two sentences.\n\n{text}",
+    "translation": "Translate the following text from {source_lang} to {target_lang}.\n\n{text}",
+}
+
+# A plain chat format for causal LMs that ship without a chat template (base models).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def template_slots(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:  # e.g. a lone "{"
+        raise ValueError(f"not a valid template ({err}); write a literal brace as {{{{ or }}}}") from None
+
+
+def check_template(template: str, task: str, field: str) -> None:
+    """Raise ValueError naming ``field`` if the template lacks {text} or uses a slot the task does not fill."""
+    allowed = SLOTS.get(task, {"text"})
+    try:
+        slots = template_slots(template)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
+    if "" in slots:
+        raise ValueError(f"{field}: empty slot {{}}; name it, e.g. {{text}}")
+    unknown = sorted(slots - allowed)
+    if unknown:
+        raise ValueError(f"{field}: unknown slot {{{unknown[0]}}}; allowed: "
+                         + ", ".join(f"{{{s}}}" for s in sorted(allowed)))
+    if "text" not in slots:
+        raise ValueError(f"{field}: the template has no {{text}} slot, so the input would never reach the model")
+
+
+def fill(template: str, **values: Any) -> str:
+    return template.format(**{k: v for k, v in values.items() if v is not None})
+
+
+def ensure_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def chat_messages(user: str, system: str | None = None, answer: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text the model continues from: the conversation so far plus the assistant's turn opening."""
+    ensure_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
