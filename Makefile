@@ -29,6 +29,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sst2_train.py
 
 clean:

@@ -12,7 +12,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src" / "tunelab" 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_example_config_loads(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.task.name in ("classification", "ner", "relation", "qa")
+    assert cfg.task.name in ("classification", "ner", "relation", "qa", "summarization", "translation", "dialogue")
     assert cfg.learning_rate > 0
 
 

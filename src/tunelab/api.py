@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .models import quiet_loading, resolve_model
 from .plots import confusion_matrix_png, per_label_f1_png, training_curves
 from .predict import Predictor, collate_for
 from .tasks import TASKS
+from .strategies import choose_strategy, fit_prompted, fit_setfit
 from .train import LoopInputs, TrainResult, evaluate_features, total_optimizer_steps, train_loop
 
 
@@ -41,12 +43,12 @@ class Run:
     artifact_dir: Path
     metrics: dict[str, Any]  # validation metrics of the kept (best) weights
     test_metrics: dict[str, Any] | None
-    train: TrainResult
+    train: TrainResult | None  # None for strategies that do not train (zero_shot, few_shot in-context)
     parameters: dict[str, int] = field(default_factory=dict)
     plots: list[Path] = field(default_factory=list)
-    live: Predictor | None = field(default=None, repr=False)  # the in-memory trained model, before saving
+    live: Any = field(default=None, repr=False)  # the in-memory predictor (the trained model before saving)
 
-    def predictor(self) -> Predictor:
+    def predictor(self) -> Any:
         """A Predictor loaded from the saved artifact (what a server or another process would use)."""
         return Predictor.load(self.artifact_dir)
 
@@ -86,8 +88,18 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
 
     resolved = resolve_model(cfg.model, allow_network=cfg.allow_network)
     train_records = _records_for("train", train, cfg)
+    strategy = choose_strategy(cfg, train_records, resolved.path)
+    if strategy != cfg.strategy:
+        print(f"strategy auto -> {strategy}", file=sys.stderr)
+    if strategy in ("zero_shot", "few_shot"):
+        return fit_prompted(cfg, resolved, strategy, train_records, _records_for("validation", validation, cfg),
+                            _records_for("test", test, cfg))
     if train_records is None:
-        raise DataError("no training data: set data.train in the config or pass train=...")
+        raise DataError("no training data: set data.train in the config or pass train=... "
+                        "(or strategy: zero_shot to prompt a causal LM without training)")
+    if strategy == "setfit":
+        return fit_setfit(cfg, resolved, train_records, _records_for("validation", validation, cfg),
+                          _records_for("test", test, cfg))
     task_cls = TASKS[cfg.task.name]
     task = task_cls.from_training_data(cfg, train_records)
     val_records = _records_for("validation", validation, cfg)
@@ -104,6 +116,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     if hasattr(task, "prepare_tokenizer"):
         task.prepare_tokenizer(tokenizer)  # e.g. entity-marker tokens; saved with the artifact's tokenizer
     train_features = task.encode(train_records, tokenizer, with_labels=True)
+    if hasattr(task, "prepare_training_features"):
+        train_features = task.prepare_training_features(train_features)  # e.g. packing short examples
     val_features = task.encode(val_records, tokenizer, with_labels=True)
     test_features = task.encode(test_records, tokenizer, with_labels=True) if test_records is not None else None
 
@@ -118,11 +132,11 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
         model=adaptation.model, task=task, train_features=train_features, val_features=val_features,
         collate=collate, train=cfg.train, learning_rate=cfg.learning_rate, head_names=head, run_dir=run_dir,
         class_weights=task.class_weights(cfg.train.class_weights), extra_losses=adaptation.extra_losses,
-        after_backward=adaptation.after_backward, tracker_config=cfg.to_dict(),
+        after_backward=adaptation.after_backward, tracker_config=cfg.to_dict(), tokenizer=tokenizer,
     ))
     model = adaptation.model
-    val_metrics = evaluate_features(model, task, val_features, collate, cfg.train.eval_batch_size, "cpu")
-    test_metrics = (evaluate_features(model, task, test_features, collate, cfg.train.eval_batch_size, "cpu")
+    val_metrics = evaluate_features(model, task, val_features, collate, cfg.train.eval_batch_size, "cpu", tokenizer=tokenizer)
+    test_metrics = (evaluate_features(model, task, test_features, collate, cfg.train.eval_batch_size, "cpu", tokenizer=tokenizer)
                     if test_features is not None else None)
 
     to_save = model
@@ -137,6 +151,7 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
                    "train_seconds": round(result.train_seconds, 2), "parameters": counts}
     manifest = {
         "tunelab_version": __version__,
+        "strategy": "finetune",
         "task": {"name": task.name, "state": task.state},
         "method": cfg.method.model_dump(mode="json"),
         "model_format": model_format,
@@ -180,14 +195,17 @@ def evaluate(artifact: str | Path, data: Any) -> dict[str, Any]:
 def summary(run: Run) -> str:
     """A short human-readable report of a run."""
     m = scalar_metrics(run.metrics)
-    primary = run.train.metric_name
-    lines = [
-        f"artifact: {run.artifact_dir}",
-        f"trainable parameters: {run.parameters.get('trainable', 0):,} of {run.parameters.get('total', 0):,}",
-        f"steps: {run.train.steps}  ({run.train.samples_per_s:.1f} samples/s, {run.train.train_seconds:.1f} s training)",
-        f"validation {primary}: {m.get(primary, float('nan')):.4f}  "
-        + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != primary and k.startswith(("f1", "accuracy", "rmse", "pearson"))),
-    ]
+    strategy = (run.live.manifest.get("strategy") if run.live is not None else None) or "finetune"
+    primary = run.train.metric_name if run.train else ("accuracy" if "accuracy" in m else "f1" if "f1" in m else "rougeL")
+    lines = [f"artifact: {run.artifact_dir}  (strategy: {strategy})",
+             f"trainable parameters: {run.parameters.get('trainable', 0):,} of {run.parameters.get('total', 0):,}"]
+    if run.train:
+        lines.append(f"steps: {run.train.steps}  ({run.train.samples_per_s:.1f} samples/s, "
+                     f"{run.train.train_seconds:.1f} s training)")
+    if m:
+        lines.append(f"validation {primary}: {m.get(primary, float('nan')):.4f}  "
+                     + "  ".join(f"{k}={v:.4f}" for k, v in m.items()
+                                 if k != primary and k.startswith(("f1", "accuracy", "rmse", "pearson", "rouge", "bleu"))))
     if run.test_metrics:
         t = scalar_metrics(run.test_metrics)
         lines.append(f"test {primary}: {t.get(primary, float('nan')):.4f}")

@@ -49,6 +49,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs: Any = Path(args.file) if args.file else list(args.texts)
     if not args.file and not args.texts:
         inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.stream:
+        if not hasattr(predictor, "stream") or args.file:
+            raise TunelabError("--stream works for generation artifacts with texts given as arguments or on stdin")
+        for text in inputs:
+            for piece in predictor.stream(text):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        return 0
     predictions = predictor.predict(inputs, batch_size=args.batch_size)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -74,7 +83,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.artifact:
         manifest = read_manifest(find_artifact(args.artifact))
-        view = {k: manifest[k] for k in ("tunelab_version", "task", "method", "model_format", "base_model", "metrics", "parameters", "libraries") if k in manifest}
+        view = {k: manifest[k] for k in ("tunelab_version", "strategy", "task", "method", "model_format", "base_model", "metrics", "parameters", "libraries") if k in manifest}
         print(json.dumps(view, indent=2, default=str))
         return 0
     import torch
@@ -103,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Pretrained language models as task-level functions.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fine-tune from a YAML config (+ key=value overrides)")
+    p = sub.add_parser("train", help="fit from a YAML config (+ key=value overrides): fine-tune, setfit, or "
+                       "a zero/few-shot prompt artifact (strategy)")
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 method.name=full")
     p.set_defaults(func=cmd_train)
@@ -116,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin) as JSON lines")
     p.add_argument("artifact", help="artifact or run directory")
-    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("texts", nargs="*", help="texts to predict for (classify, tag, summarize, ...)")
     p.add_argument("--file", help="records file with the training text column(s)")
     p.add_argument("--output", help="write JSON lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")

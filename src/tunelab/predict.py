@@ -53,12 +53,24 @@ class Predictor:
         self._collate = collate_for(task, tokenizer)
 
     @classmethod
-    def load(cls, path: str | Path) -> Predictor:
-        """Load from an artifact directory (or a run directory containing ``artifact/``)."""
+    def load(cls, path: str | Path) -> Any:
+        """Load from an artifact directory (or a run directory containing ``artifact/``).
+
+        Zero-/few-shot and SetFit artifacts load as their own predictors with the same ``predict`` and
+        ``evaluate`` (and ``stream`` for generation)."""
         from transformers import AutoTokenizer
 
         artifact_dir = find_artifact(path)
         manifest = read_manifest(artifact_dir)
+        strategy = manifest.get("strategy", "finetune")
+        if strategy in ("zero_shot", "few_shot"):
+            from .strategies import load_prompted
+
+            return load_prompted(artifact_dir, manifest)
+        if strategy == "setfit":
+            from .strategies import load_setfit
+
+            return load_setfit(artifact_dir, manifest)
         task_name = manifest["task"]["name"]
         if task_name not in TASKS:
             raise ArtifactError(f"{artifact_dir}: task {task_name!r} is not known to this tunelab version")
@@ -84,6 +96,8 @@ class Predictor:
     @staticmethod
     def _row(item: Any, s: dict[str, Any]) -> dict[str, Any]:
         if isinstance(item, str):
+            if s.get("kind") == "dialogue":  # a plain string is the user's first turn
+                return {s["messages_column"]: [{"role": "user", "content": item}]}
             if "text_column" not in s:
                 raise DataError("this model takes records, not plain texts: pass dicts such as "
                                 "{'question': ..., 'context': ...}")
@@ -106,8 +120,20 @@ class Predictor:
         records = self._records(inputs)
         if not len(records):
             return []
+        if hasattr(self.task, "evaluate_model"):  # generation: the prediction is generated text
+            from .strategies import generation_predict
+
+            return generation_predict(self.model, self.tokenizer, self.task, records)
         features = self.task.encode(records, self.tokenizer, with_labels=False)
         return self.task.decode(self._outputs(features, batch_size), features)
+
+    def stream(self, text: Any) -> Any:
+        """Generation tasks: yield the output piece by piece as it is produced."""
+        from .strategies import generation_stream
+
+        if not hasattr(self.task, "evaluate_model"):
+            raise DataError("stream is for generation tasks (summarization, translation, dialogue)")
+        return generation_stream(self.model, self.tokenizer, self.task, self._records(text))
 
     def _outputs(self, features: list[dict[str, Any]], batch_size: int) -> list[Any]:
         return model_outputs(self.model, features, self._collate, batch_size, self.task.extract, per_token=self.task.per_token)
@@ -116,4 +142,6 @@ class Predictor:
         """The task's metrics on labelled records (same columns as training)."""
         records = read_records(data)
         features = self.task.encode(records, self.tokenizer, with_labels=True)
+        if hasattr(self.task, "evaluate_model"):
+            return self.task.evaluate_model(self.model, self.tokenizer, features, self._collate, batch_size, "cpu", full=True)
         return self.task.compute_metrics(self._outputs(features, batch_size), features)

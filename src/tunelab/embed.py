@@ -1,0 +1,59 @@
+"""Sentence embeddings from an encoder (mean pooling over real tokens, L2-normalised), as
+sentence-transformers computes them for all-MiniLM-L6-v2. Used to pick similar demonstrations and
+by the SetFit-style few-shot path.
+
+Example:
+    >>> from tunelab.embed import Embedder                              # doctest: +SKIP
+    >>> e = Embedder.load("minilm"); e.encode(["a fine film"]).shape      # doctest: +SKIP
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .models import quiet_loading, resolve_model
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class Embedder:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 128):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, name_or_path: Any, *, allow_network: bool = False, max_length: int = 128) -> Embedder:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model(str(name_or_path), allow_network=allow_network).path
+        with quiet_loading():
+            model = AutoModel.from_pretrained(path)
+        return cls(model.eval(), AutoTokenizer.from_pretrained(path), max_length)
+
+    def embed_batch(self, texts: list[str]) -> torch.Tensor:
+        """Differentiable embeddings of one batch (for training)."""
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        out = self.model(**enc).last_hidden_state
+        return torch.nn.functional.normalize(mean_pool(out, enc["attention_mask"]), dim=-1)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        result = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start:start + batch_size]
+                    result[chunk] = self.embed_batch([texts[i] for i in chunk]).numpy()
+        finally:
+            self.model.train(was_training)
+        return result

@@ -1,0 +1,173 @@
+"""Zero-shot, few-shot (in-context and SetFit-style) behind the same fit / artifact / Predictor API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tunelab
+from conftest import sentiment_rows
+from tunelab.errors import ConfigError, DataError
+from tunelab.lm import continuation_logprobs, load_tokenizer, next_token_logprobs
+from tunelab.prompting import parse_entities, span_metrics
+from tunelab.setfit import sample_pairs
+
+
+def test_entity_parser_finds_spans_and_reports_the_rest() -> None:
+    text = "Angela Merkel met Macron in Paris and then flew to Paris again."
+    out = "PER: Angela Merkel\n- per: Macron\nLOC: Paris; Paris\nORG: Acme Corp\nThe answer is above.\nnone"
+    entities, unparsed = parse_entities(out, text, ["PER", "LOC", "ORG"])
+    assert [(e["type"], e["text"], e["start"]) for e in entities] == [
+        ("PER", "Angela Merkel", 0), ("PER", "Macron", 18), ("LOC", "Paris", 28), ("LOC", "Paris", 51)]
+    assert unparsed == ["ORG: Acme Corp", "The answer is above."]  # not in the text / no known type
+
+
+def test_span_metrics_are_strict() -> None:
+    gold = [{("PER", 0, 5), ("LOC", 10, 15)}]
+    pred = [{("PER", 0, 5), ("LOC", 10, 14)}]
+    m = span_metrics(gold, pred, ["PER", "LOC"])
+    assert m["precision"] == m["recall"] == 0.5 and m["per_type"]["LOC"]["f1"] == 0.0
+
+
+def test_single_token_fast_path_equals_general_scoring(tiny_llama: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = [tok("hello there, how")["input_ids"], tok("a much longer prompt that needs padding on the left")["input_ids"]]
+    words = [tok(" are", add_special_tokens=False)["input_ids"][0], tok(" is", add_special_tokens=False)["input_ids"][0]]
+    fast = next_token_logprobs(model, tok, prompts, words)
+    slow = continuation_logprobs(model, tok, [p for p in prompts for _ in words], [[w] for _ in prompts for w in words])
+    np.testing.assert_allclose(fast.reshape(-1), slow, atol=1e-4)
+
+
+def test_zero_shot_classifier_is_an_artifact_like_any_other(tiny_llama: Path, tmp_path: Path) -> None:
+    dev = sentiment_rows(12, seed=5)
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "zs"), validation=dev,
+                      task={"name": "classification", "labels": ["neg", "pos"]},
+                      prompt={"template": "Review: {text}\nIs it {labels}?", "verbalizers": {"pos": "great", "neg": "bad"}})
+    assert run.train is None and 0.0 <= run.metrics["accuracy"] <= 1.0
+    manifest = run.live.manifest
+    assert manifest["strategy"] == "zero_shot" and manifest["model_format"] == "none"
+    assert len(manifest["task"]["state"]["calibration"]) == 2  # content-free label prior was measured
+    loaded = tunelab.Predictor.load(run.artifact_dir)
+    texts = ["the film was great", "the meal was awful"]
+    assert loaded.predict(texts) == run.live.predict(texts)
+    assert set(loaded.predict(texts)[0]["scores"]) == {"neg", "pos"}
+    assert tunelab.evaluate(run.artifact_dir, dev)["accuracy"] == run.metrics["accuracy"]
+
+
+def test_calibration_removes_a_constant_label_bias(tiny_llama: Path, tmp_path: Path) -> None:
+    from tunelab.prompting import PromptClassifier
+
+    base = {"model": str(tiny_llama), "output_dir": str(tmp_path / "a"), "task": {"name": "classification",
+            "labels": ["neg", "pos"]}, "strategy": "zero_shot"}
+    calibrated = tunelab.fit({**base, "prompt": {"calibrate": True}}).live
+    raw = tunelab.fit({**base, "output_dir": str(tmp_path / "b"), "prompt": {"calibrate": False}}).live
+    texts = [r["text"] for r in sentiment_rows(20, seed=2)]
+    raw_pos = np.array([p["scores"]["pos"] for p in raw.predict(texts)])
+    cal_pos = np.array([p["scores"]["pos"] for p in calibrated.predict(texts)])
+    prior = np.exp(calibrated.task.state["calibration"])
+    # p_cal ∝ p_raw / prior: check the identity on every input.
+    expected = (raw_pos / prior[1]) / (raw_pos / prior[1] + (1 - raw_pos) / prior[0])
+    np.testing.assert_allclose(cal_pos, expected, rtol=1e-5)
+    assert isinstance(calibrated.task, PromptClassifier)
+
+
+def test_few_shot_in_context_picks_similar_demonstrations(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    pool = [{"text": "the soup was cold", "label": "neg"}, {"text": "the movie was superb", "label": "pos"},
+            {"text": "the soup was hot and tasty", "label": "pos"}, {"text": "the movie was a bore", "label": "neg"}]
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "fs"), train=pool, strategy="few_shot",
+                      prompt={"demonstrations": 2, "embedder": str(tiny_bert)})
+    clf = run.live.task
+    demos = clf._demos_for(["the soup was cold"])[0]
+    assert len(demos) == 2 and demos[-1]["text"] == "the soup was cold"  # most similar goes last
+    assert {d["label"] for d in demos} == {"neg", "pos"}  # one per label, not the two nearest negatives
+    loaded = tunelab.Predictor.load(run.artifact_dir)
+    assert loaded.predict(["the movie was superb"]) == run.live.predict(["the movie was superb"])
+
+
+def test_auto_strategy_follows_data_and_model(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    from tunelab.config import build_config
+    from tunelab.data import read_records
+    from tunelab.strategies import choose_strategy
+
+    few = read_records(sentiment_rows(16))
+    many = read_records(sentiment_rows(80))
+    cfg = build_config({})
+    assert choose_strategy(cfg, None, tiny_llama) == "zero_shot"
+    assert choose_strategy(cfg, few, tiny_bert) == "setfit"
+    assert choose_strategy(cfg, few, tiny_llama) == "few_shot"
+    assert choose_strategy(cfg, many, tiny_bert) == "finetune"
+    assert choose_strategy(build_config({"strategy": "finetune"}), few, tiny_bert) == "finetune"
+
+
+def test_setfit_path_trains_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = sentiment_rows(16, seed=1)
+    run = tunelab.fit(model=str(tiny_bert), output_dir=str(tmp_path / "sf"), train=rows,
+                      validation=sentiment_rows(20, seed=9), strategy="setfit", setfit={"pairs_per_example": 6})
+    assert run.live.manifest["strategy"] == "setfit" and "accuracy" in run.metrics
+    texts = ["the game was superb", "the hotel was dreadful"]
+    loaded = tunelab.Predictor.load(run.artifact_dir)
+    a, b = loaded.predict(texts), run.live.predict(texts)
+    assert [x["label"] for x in a] == [x["label"] for x in b]
+    np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], rtol=1e-5)
+    pairs = sample_pairs([0, 0, 1, 1], 4, seed=0)
+    assert len(pairs) == 16 and {t for _, _, t in pairs} == {0.0, 1.0}
+    assert all((t == 1.0) == ([0, 0, 1, 1][i] == [0, 0, 1, 1][j]) for i, j, t in pairs)
+
+
+def test_zero_shot_entities_report_unparsed_output(tiny_llama: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "ner"), strategy="zero_shot",
+                      task={"name": "ner", "labels": ["PER", "LOC"]}, generate={"max_new_tokens": 8},
+                      validation=[{"text": "Anna lives in Rome", "entities": [{"start": 0, "end": 4, "label": "PER"},
+                                                                             {"start": 14, "end": 18, "label": "LOC"}]}])
+    assert {"precision", "recall", "f1", "unparsed_lines", "per_type"} <= set(run.metrics)
+    out = tunelab.Predictor.load(run.artifact_dir).predict(["Anna lives in Rome"])[0]
+    assert set(out) == {"entities", "unparsed", "raw"}
+
+
+def test_prompt_longer_than_the_context_window_is_truncated_and_reported(tiny_llama: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "long"), strategy="zero_shot",
+                      task={"name": "classification", "labels": ["a", "b"]}, prompt={"calibrate": False})
+    long_text = " ".join(["word"] * 600)  # the tiny model's window is 256 positions
+    out = run.live.predict([long_text])
+    assert out[0]["label"] in ("a", "b")
+    assert run.live.notes and "truncated to the last" in run.live.notes[0]
+
+
+def test_strategy_mismatches_are_clear(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    from tunelab.config import build_config
+
+    with pytest.raises(ConfigError, match="is an encoder"):
+        tunelab.fit(model=str(tiny_bert), output_dir=str(tmp_path / "x"), strategy="zero_shot",
+                    task={"name": "classification", "labels": ["a", "b"]})
+    with pytest.raises(ConfigError, match="is a causal LM"):
+        tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "y"), strategy="setfit", train=sentiment_rows(8))
+    with pytest.raises(DataError, match="needs the label names"):
+        tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "z"), strategy="zero_shot")
+    with pytest.raises(ConfigError, match="strategy 'setfit' is for classification"):
+        build_config({"task": "summarization", "strategy": "setfit"})
+
+
+def test_cli_trains_a_zero_shot_config_and_predicts(tiny_llama: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tunelab.cli import main
+
+    config = tmp_path / "zs.yaml"
+    config.write_text(f"model: {tiny_llama}\nstrategy: zero_shot\noutput_dir: {tmp_path / 'run'}\n"
+                      "task: {name: classification, labels: [neg, pos]}\n"
+                      "prompt: {template: 'Text: {text} Answer {labels}.'}\n", encoding="utf-8")
+    assert main(["train", str(config)]) == 0
+    assert "strategy: zero_shot" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "run"), "a fine film", "a dull film"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [set(x) for x in lines] == [{"label", "score", "scores"}] * 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: zero_shot\nprompt: {template: 'no slot here'}\n", encoding="utf-8")
+    assert main(["train", str(bad)]) == 2
+    assert "prompt.template: the template has no {text} slot" in capsys.readouterr().err
