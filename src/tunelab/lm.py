@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
@@ -23,6 +24,18 @@ import torch
 from .config import GenerateConfig
 from .models import quiet_loading, resolve_model
 from .prompts import ensure_chat_template
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the block; the model's previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[torch.nn.Module, Any]:
@@ -98,14 +111,19 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
-def _left_pad(batch_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def _left_pad(batch_ids: list[list[int]], pad_id: int, positions: bool = False) -> dict[str, torch.Tensor]:
+    """Left-padded ids and mask; with ``positions`` also position ids that count real tokens only (as
+    generate() computes them; a plain forward would otherwise count the padding)."""
     longest = max(len(ids) for ids in batch_ids)
     input_ids = torch.full((len(batch_ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch_ids), longest), dtype=torch.long)
     for row, ids in enumerate(batch_ids):
         input_ids[row, longest - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
         mask[row, longest - len(ids):] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if positions:
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return batch
 
 
 def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: GenerateConfig,
@@ -119,22 +137,17 @@ def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(prompts), desc="generate", unit="text", disable=not (progress and sys.stderr.isatty()))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), cfg.batch_size):
-                chunk = order[start:start + cfg.batch_size]
-                batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
-                out = model.generate(**batch, **kwargs)
-                new = out[:, batch["input_ids"].shape[1]:]
-                for row, index in enumerate(chunk):
-                    text = tokenizer.decode(new[row], skip_special_tokens=True)
-                    results[index] = cut_at_stop(text, cfg.stop).strip()
-                bar.update(len(chunk))
-    finally:
-        model.train(was_training)
-        bar.close()
+    with evaluating(model):
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start:start + cfg.batch_size]
+            batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
+            out = model.generate(**batch, **kwargs)
+            new = out[:, batch["input_ids"].shape[1]:]
+            for row, index in enumerate(chunk):
+                text = tokenizer.decode(new[row], skip_special_tokens=True)
+                results[index] = cut_at_stop(text, cfg.stop).strip()
+            bar.update(len(chunk))
+    bar.close()
     return results
 
 
@@ -186,26 +199,20 @@ def continuation_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[
     pairs = list(zip(prompts, continuations))
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
     scores = np.zeros(len(pairs), dtype=np.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                batch = _left_pad([pairs[i][0] + pairs[i][1] for i in chunk], tokenizer.pad_token_id)
-                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                keep = max(len(pairs[i][1]) for i in chunk) + 1
-                logits = model(**batch, position_ids=positions, logits_to_keep=keep).logits.float()
-                logp = torch.log_softmax(logits, dim=-1)  # [rows, keep, vocab]; the last position predicts nothing
-                for row, index in enumerate(chunk):
-                    cont = pairs[index][1]
-                    c = len(cont)
-                    # logits at t predict token t+1: the continuation's tokens are predicted by the c positions
-                    # before the last one.
-                    picked = logp[row, keep - 1 - c:keep - 1, :].gather(-1, torch.as_tensor(cont).unsqueeze(-1))
-                    scores[index] = float(picked.sum())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = _left_pad([pairs[i][0] + pairs[i][1] for i in chunk], tokenizer.pad_token_id, positions=True)
+            keep = max(len(pairs[i][1]) for i in chunk) + 1
+            logits = model(**batch, logits_to_keep=keep).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)  # [rows, keep, vocab]; the last position predicts nothing
+            for row, index in enumerate(chunk):
+                cont = pairs[index][1]
+                c = len(cont)
+                # logits at t predict token t+1: the continuation's c tokens are predicted by the c positions
+                # before the last one.
+                picked = logp[row, keep - 1 - c:keep - 1, :].gather(-1, torch.as_tensor(cont).unsqueeze(-1))
+                scores[index] = float(picked.sum())
     return scores
 
 
@@ -215,19 +222,12 @@ def next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[li
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
     wanted = torch.as_tensor(token_ids)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
-                # Left padding: positions must count real tokens only, as generate() does.
-                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1, :].float()
-                logp = torch.log_softmax(logits, dim=-1)[:, wanted]
-                for row, index in enumerate(chunk):
-                    out[index] = logp[row].numpy()
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id, positions=True)
+            logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+            logp = torch.log_softmax(logits, dim=-1)[:, wanted]
+            for row, index in enumerate(chunk):
+                out[index] = logp[row].numpy()
     return out

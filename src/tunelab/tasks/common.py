@@ -16,17 +16,11 @@ def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **co
     """``auto_class.from_pretrained`` with config updates (labels, problem type) and an optional dropout
     override; returns the model and the names of its newly initialised (head) modules, which must always
     train and always be saved."""
-    from transformers import AutoConfig
-
     from ..models import quiet_loading
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = config_with_dropout(model_path, dropout)
     for key, value in config_updates.items():
         setattr(config, key, value)
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, dropout)
     if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoder LMs pool at the last non-pad token
@@ -34,6 +28,18 @@ def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **co
         model, info = auto_class.from_pretrained(model_path, config=config, output_loading_info=True)
     head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
     return model, head
+
+
+def config_with_dropout(model_path: Any, dropout: float | None) -> Any:
+    """The model's config, with every dropout probability it has set to ``dropout`` (None: unchanged)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    return config
 
 
 def label_weights(spec: str | dict[str, float] | None, labels: list[str], counts: dict[str, int]) -> torch.Tensor | None:

@@ -255,16 +255,12 @@ class GenerationTask:
 
     # ---- model ----------------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         from ..models import quiet_loading
-        from .common import DROPOUT_KEYS
+        from .common import config_with_dropout
 
-        config = AutoConfig.from_pretrained(model_path)
-        if dropout is not None:
-            for key in DROPOUT_KEYS:
-                if hasattr(config, key):
-                    setattr(config, key, dropout)
+        config = config_with_dropout(model_path, dropout)
         with quiet_loading():
             model = AutoModelForCausalLM.from_pretrained(model_path, config=config)
         # Training forwards need no KV cache, and with one transformers ignores packed position ids

@@ -232,16 +232,12 @@ class RelationTask:
     # ---- model -----------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
         from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         from ..models import quiet_loading
-        from .common import DROPOUT_KEYS
+        from .common import config_with_dropout
 
-        config = AutoConfig.from_pretrained(model_path)
-        if dropout is not None:
-            for key in DROPOUT_KEYS:
-                if hasattr(config, key):
-                    setattr(config, key, dropout)
+        config = config_with_dropout(model_path, dropout)
         with quiet_loading():
             encoder = AutoModel.from_pretrained(model_path, config=config, add_pooling_layer=False) \
                 if config.model_type == "bert" else AutoModel.from_pretrained(model_path, config=config)
