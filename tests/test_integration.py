@@ -46,3 +46,25 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(root)
     code = code.replace('"runs/readme"', repr(str(tmp_path / "readme")))
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_smollm2_zero_shot_sentiment_and_summary(tmp_path: Path) -> None:
+    """The packaged SmolLM2, no training: a calibrated zero-shot classifier and a zero-shot summarizer are
+    artifacts that reload to the same predictions (quality is measured in bench/fewshot_sst2.py and
+    bench/dialogsum.py: the 135M model is a weak zero-shot classifier, ~61% on SST-2)."""
+    texts = ["An absolute delight: I loved every minute of this wonderful film.",
+             "The worst meal I have ever had: cold, bland and overpriced."]
+    run = tunelab.fit(model="smollm2", strategy="zero_shot", output_dir=str(tmp_path / "zs"),
+                      task={"name": "classification", "labels": ["negative", "positive"]})
+    prior = np.exp(run.live.task.state["calibration"])
+    assert prior.sum() == pytest.approx(1.0) and len(prior) == 2
+    live, loaded = run.live.predict(texts), tunelab.Predictor.load(run.artifact_dir).predict(texts)
+    assert live == loaded
+    assert all(sum(p["scores"].values()) == pytest.approx(1.0) for p in live)
+
+    summ = tunelab.fit(model="smollm2", strategy="zero_shot", output_dir=str(tmp_path / "sum"),
+                       task="summarization", generate={"max_new_tokens": 24})
+    predictor = tunelab.Predictor.load(summ.artifact_dir)
+    dialogue = "#Person1#: Can we move the meeting to Friday?\n#Person2#: Sure, Friday at ten works for me."
+    text = predictor.predict([dialogue])[0]["text"]
+    assert len(text.split()) >= 3 and "".join(predictor.stream(dialogue)).strip() == text
