@@ -98,6 +98,7 @@ def test_auto_strategy_follows_data_and_model(tiny_llama: Path, tiny_bert: Path,
     many = read_records(sentiment_rows(80))
     cfg = build_config({})
     assert choose_strategy(cfg, None, tiny_llama) == "zero_shot"
+    assert choose_strategy(cfg, None, tiny_bert) == "finetune"  # -> "no training data" error, not a prompt error
     assert choose_strategy(cfg, few, tiny_bert) == "setfit"
     assert choose_strategy(cfg, few, tiny_llama) == "few_shot"
     assert choose_strategy(cfg, many, tiny_bert) == "finetune"

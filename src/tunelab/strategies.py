@@ -39,12 +39,14 @@ def is_causal_lm(path: Any) -> bool:
 
 
 def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> str:
-    """``auto``: no labelled data -> zero_shot; classification with at most ``few_shot_limit`` examples in
+    """``auto``: no labelled data -> zero_shot (causal LMs); classification with at most ``few_shot_limit`` examples in
     its smallest class -> few-shot (setfit on an encoder, in-context on a causal LM); else finetune."""
     if cfg.strategy != "auto":
         return cfg.strategy
     if train is None or not len(train):
-        return "zero_shot"
+        # Without labels only a causal LM can do anything; for an encoder, fall through to finetune,
+        # whose error says that training data is missing.
+        return "zero_shot" if is_causal_lm(model_path) else "finetune"
     if cfg.task.name == "classification" and cfg.task.problem_type == "single_label":
         counts = Counter(str(r.get(cfg.data.label_column)).strip() for r in train.rows)
         if counts and min(counts.values()) <= cfg.few_shot_limit:
