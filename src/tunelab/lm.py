@@ -40,7 +40,7 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[torch.nn.Module, Any]:
     """A causal LM and its tokenizer (pad token set, chat template ensured), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model(str(name_or_path), allow_network=allow_network).path
     tokenizer = load_tokenizer(path)

@@ -54,11 +54,6 @@ def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> str:
     return "finetune"
 
 
-def _records(source: Any, split: str) -> Records | None:
-    if source is None:
-        return None
-    return read_records(source, name=split if not isinstance(source, (str, Path)) else None)
-
 
 # ---- zero-shot / few-shot -------------------------------------------------------------------------------
 def build_prompted(cfg: Config, train: Records | None, strategy: str) -> Any:
