@@ -89,6 +89,29 @@ def test_few_shot_in_context_picks_similar_demonstrations(tiny_llama: Path, tiny
     assert loaded.predict(["the movie was superb"]) == run.live.predict(["the movie was superb"])
 
 
+def test_few_shot_calibrates_each_input_against_its_own_demonstrations(tiny_llama: Path, tiny_bert: Path,
+                                                                       tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.prompting import CONTENT_FREE, _softmax
+
+    pool = sentiment_rows(8, seed=3)
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "fs"), train=pool, strategy="few_shot",
+                      prompt={"demonstrations": 2, "embedder": str(tiny_bert)})
+    clf = run.live.task
+    assert clf.state["calibration"] is None  # no single prior: it depends on each input's demonstrations
+    texts = ["the film was great", "the meal was awful and cold"]
+    tok = load_tokenizer(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    demos = clf._demos_for(texts)
+    limit = clf._limit(model, tok)
+    inputs = [clf._prompt_ids(tok, clf._messages(t, None, d), limit, "x", []) for t, d in zip(texts, demos)]
+    free = [clf._prompt_ids(tok, clf._messages(CONTENT_FREE[0], None, d), limit, "x", []) for d in demos]
+    expected = _softmax(clf._label_logprobs(model, tok, inputs) - np.log(_softmax(clf._label_logprobs(model, tok, free))))
+    got = np.array([[p["scores"][name] for name in clf.labels] for p in run.live.predict(texts)])
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
 def test_auto_strategy_follows_data_and_model(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
     from tunelab.config import build_config
     from tunelab.data import read_records

@@ -2,7 +2,8 @@
 
 Classification scores each label's verbalizer under the LM (the log-probability of the answer text
 after the prompt) rather than parsing free text, and by default divides out the label bias measured
-on content-free inputs ("N/A", "", "[MASK]"), i.e. contextual calibration (Zhao et al., 2021).
+on content-free inputs ("N/A", "", "[MASK]"), i.e. contextual calibration (Zhao et al., 2021); with
+retrieved demonstrations, each input is calibrated against "N/A" shown after its own demonstrations.
 Few-shot adds, per input, the most similar labelled examples (by MiniLM embedding) as earlier chat
 turns. Entity extraction generates ``TYPE: text`` lines and a parser turns them into character spans,
 reporting every line it could not use.
@@ -149,26 +150,22 @@ class PromptClassifier:
         return context_window(model, tokenizer) - longest_answer
 
     def calibrate(self, model: Any, tokenizer: Any) -> None:
-        """Measure the label prior on content-free inputs (with a fixed set of demonstrations in few-shot)."""
-        if not self.state["calibrate"]:
+        """Measure the label prior on content-free inputs (zero-shot: one prior for every input)."""
+        if not self.state["calibrate"] or self._per_input_calibration():
             return
-        demos: list[dict[str, Any]] = []
-        if self.state["demonstrations"] and self.state["pool"]:
-            # Demonstrations like the ones retrieved at prediction time: balanced over labels, seeded.
-            rng = np.random.default_rng(self.state.get("seed", 0))
-            pool = self.state["pool"]
-            per_label = max(1, -(-self.state["demonstrations"] // len(self.labels)))
-            for name in self.labels:
-                members = [d for d in pool if d["label"] == name]
-                take = min(per_label, len(members))
-                demos += [members[j] for j in rng.choice(len(members), size=take, replace=False)] if take else []
-            demos = [demos[j] for j in rng.permutation(len(demos))][:self.state["demonstrations"]]
         report: list[str] = []
-        prompts = [self._prompt_ids(tokenizer, self._messages(cf, cf if self.state.get("text_pair_column") else None,
-                                                              demos), self._limit(model, tokenizer), "calibration", report)
+        prompts = [self._prompt_ids(tokenizer, self._messages(cf, cf if self.state.get("text_pair_column") else None, []),
+                                    self._limit(model, tokenizer), "calibration", report)
                    for cf in CONTENT_FREE]
         probs = _softmax(self._label_logprobs(model, tokenizer, prompts)).mean(axis=0)
         self.state["calibration"] = np.log(probs).tolist()
+
+    def _per_input_calibration(self) -> bool:
+        # With demonstrations retrieved per input, the label bias comes mostly from *those* demonstrations
+        # (their labels, their order: a small LM leans towards the label it saw last), so one prior
+        # measured on a fixed demonstration set is the wrong correction: it pushed SmolLM2 below chance
+        # on SST-2. Each input is calibrated against a content-free input with its own demonstrations.
+        return bool(self.state["calibrate"] and self.state["demonstrations"] and self.state["pool"])
 
     def predict_records(self, model: Any, tokenizer: Any, records: Records) -> tuple[list[dict[str, Any]], list[str]]:
         s = self.state
@@ -182,7 +179,12 @@ class PromptClassifier:
                    for i, (t, p, d) in enumerate(zip(texts, pairs, demos))]
         logp = self._label_logprobs(model, tokenizer, prompts)
         scores = logp - logp.max(axis=1, keepdims=True)
-        if s.get("calibration") is not None:
+        if self._per_input_calibration():
+            content_free = [self._prompt_ids(tokenizer, self._messages(CONTENT_FREE[0], None if p is None else CONTENT_FREE[0],
+                                                                       d), limit, "calibration", [])
+                            for p, d in zip(pairs, demos)]
+            scores = scores - np.log(_softmax(self._label_logprobs(model, tokenizer, content_free)))
+        elif s.get("calibration") is not None:
             scores = scores - np.asarray(s["calibration"])[None, :]
         probs = _softmax(scores)
         out = [{"label": self.labels[int(p.argmax())], "score": float(p.max()),
