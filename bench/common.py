@@ -39,3 +39,31 @@ def run_in_subprocess(script: str, system: str, work: Path, extra: list[str]) ->
     result = json.loads(result_path.read_text())
     print(f"  {system}: {result}", flush=True)
     return result
+
+
+def align_first_subtoken(tokenizer, batch: dict, label_to_id: dict, max_length: int):
+    """The run_ner recipe's encoding: words -> sub-tokens (truncated), the word's tag on its first
+    sub-token, -100 (ignored by the loss) elsewhere."""
+    enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+    all_labels = []
+    for i, tags in enumerate(batch["tags"]):
+        prev, row = None, []
+        for w in enc.word_ids(i):
+            row.append(-100 if w is None or w == prev else label_to_id.get(tags[w], 0))
+            prev = w
+        all_labels.append(row)
+    enc["labels"] = all_labels
+    return enc
+
+
+def tags_from_prediction(prediction, labels: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Trainer.predict output of a token classifier -> (gold tags, predicted tags) on labelled positions."""
+    import numpy as np
+
+    ids = np.argmax(prediction.predictions, -1)
+    gold_tags, pred_tags = [], []
+    for p_row, g_row in zip(ids, prediction.label_ids):
+        keep = g_row != -100
+        gold_tags.append([labels[g] for g in g_row[keep]])
+        pred_tags.append([labels[p] for p in p_row[keep]])
+    return gold_tags, pred_tags

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import peak_rss_mb, run_in_subprocess  # noqa: E402
+from common import align_first_subtoken, peak_rss_mb, run_in_subprocess, tags_from_prediction  # noqa: E402
 
 HYPER = {"batch_size": 32, "full_learning_rate": 1e-4, "lora_learning_rate": 1e-3, "lora_r": 16,
          "warmup_ratio": 0.06, "weight_decay": 0.01, "max_length": 128, "seed": 42}
@@ -51,7 +51,6 @@ def run_tunelab(args, method: str) -> dict:
 
 
 def run_hf(args) -> dict:
-    import numpy as np
     import torch
     from datasets import Dataset
     from seqeval.metrics import f1_score, precision_score, recall_score
@@ -71,16 +70,7 @@ def run_hf(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
 
     def encode(batch):
-        enc = tok(batch["tokens"], is_split_into_words=True, truncation=True, max_length=HYPER["max_length"])
-        all_labels = []
-        for i, tags in enumerate(batch["tags"]):
-            prev, row = None, []
-            for w in enc.word_ids(i):
-                row.append(-100 if w is None or w == prev else label_to_id[tags[w]])
-                prev = w
-            all_labels.append(row)
-        enc["labels"] = all_labels
-        return enc
+        return align_first_subtoken(tok, batch, label_to_id, HYPER["max_length"])
 
     train_ds = Dataset.from_list(train).map(encode, batched=True, remove_columns=["tokens", "tags"])
     test_ds = Dataset.from_list(test).map(encode, batched=True, remove_columns=["tokens", "tags"])
@@ -98,12 +88,7 @@ def run_hf(args) -> dict:
     trainer.train()
     seconds = time.perf_counter() - started
     pred = trainer.predict(test_ds)
-    ids = np.argmax(pred.predictions, -1)
-    gold_tags, pred_tags = [], []
-    for p_row, g_row in zip(ids, pred.label_ids):
-        keep = g_row != -100
-        gold_tags.append([labels[g] for g in g_row[keep]])
-        pred_tags.append([labels[p] for p in p_row[keep]])
+    gold_tags, pred_tags = tags_from_prediction(pred, labels)
     return {"test_f1": f1_score(gold_tags, pred_tags), "test_precision": precision_score(gold_tags, pred_tags),
             "test_recall": recall_score(gold_tags, pred_tags), "samples_per_s": len(train_ds) * args.epochs / seconds,
             "train_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
