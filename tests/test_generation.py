@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,22 @@ def test_summarization_lora_sft_end_to_end(tiny_llama: Path, tmp_path: Path, cap
 
     assert main(["predict", str(run.artifact_dir), "the cat ate the rice", "--stream"]) == 0
     assert capsys.readouterr().out.strip() == out[0]["text"]
+
+
+def test_gradient_checkpointing_trains_the_same_model(tiny_llama: Path, tmp_path: Path) -> None:
+    rows = [{"text": f"the {a} ate the {b}", "target": f"{a} ate"} for a in ("cat", "dog", "fox", "owl")
+            for b in ("fish", "cake", "seed", "rice")]
+    runs = []
+    for checkpointing in (False, True):
+        cfg = {"task": {"name": "summarization", "eval_generate": 0}, "model": str(tiny_llama),
+               "output_dir": str(tmp_path / f"gc{checkpointing}"), "data": {"max_length": 64}, "generate": {"max_new_tokens": 2},
+               "method": {"name": "lora", "r": 8}, "train": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-2,
+                                                           "seed": 3, "gradient_checkpointing": checkpointing}}
+        runs.append(tunelab.fit(cfg, train=rows))
+    base = runs[1].live.model.get_base_model()
+    assert base.is_gradient_checkpointing and not runs[0].live.model.get_base_model().is_gradient_checkpointing
+    np.testing.assert_allclose([h["loss"] for h in runs[1].train.history], [h["loss"] for h in runs[0].train.history],
+                               rtol=1e-4)
 
 
 def test_template_validation_names_the_field() -> None:

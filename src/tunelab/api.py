@@ -26,7 +26,7 @@ from .artifact import read_manifest, write_artifact, write_json, write_yaml
 from .config import Config, build_config
 from .data import Records, read_records, split_validation
 from .errors import DataError
-from .methods import apply_method, parameter_counts
+from .methods import apply_method, enable_gradient_checkpointing, parameter_counts
 from .metrics import scalar_metrics
 from .models import quiet_loading, resolve_model
 from .plots import confusion_matrix_png, per_label_f1_png, training_curves
@@ -123,6 +123,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
 
     model, head = task.build_model(resolved.path, dropout=cfg.train.dropout)
     total_steps = total_optimizer_steps(len(train_features), cfg.train)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     extras = task.peft_extras(cfg.method.name) if hasattr(task, "peft_extras") and cfg.method.name != "full" else {}
     adaptation = apply_method(model, cfg.method, task.peft_task_type, head, total_steps, extras)
     counts = parameter_counts(adaptation.model)

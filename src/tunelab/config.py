@@ -130,6 +130,8 @@ class TrainConfig(_Strict):
     keep_best: bool = Field(True, description="restore the best evaluated weights at the end")
     seed: int = 42
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
+                                         "much less memory for long inputs, about a third more compute")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between resumable checkpoints")
     resume: bool = Field(False, description="continue from output_dir/checkpoint if present")
     class_weights: Literal["balanced"] | dict[str, float] | None = None

@@ -69,6 +69,18 @@ def _peft_config(method: MethodConfig, task_type: str | None, head: list[str], t
         raise ConfigError(f"method: peft rejected the {method.name} config: {err}") from None
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Turn on activation recomputation in the transformer inside ``model`` (a task head may wrap it)."""
+    for module in model.modules():
+        if getattr(module, "supports_gradient_checkpointing", False) and hasattr(module, "gradient_checkpointing_enable"):
+            # Non-reentrant checkpointing: works when only adapter weights train (no input grads needed).
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(module, "config"):
+                module.config.use_cache = False
+            return
+    raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer that supports it")
+
+
 def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str | None, head: list[str], total_steps: int,
                  task_extras: dict[str, Any] | None = None) -> Adaptation:
     """Wrap ``model`` for ``method`` and check that something will train. ``task_extras`` are peft fields a
