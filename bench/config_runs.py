@@ -1,4 +1,5 @@
-"""Benchmarks that are one tunelab config each (no peer run): the config in configs/ is the recipe.
+"""Benchmarks that are one tunelab config each: the config in configs/ is the recipe (bench/encoder_peers.py
+runs the HF Trainer recipe of each on the same split and hyperparameters).
 
   resume_ner     configs/resume_ner_lora.yaml          -> bench/results/resume_ner.json   (dev and test entity F1)
   chnsenticorp   configs/chnsenticorp.yaml             -> bench/results/chnsenticorp.json (dev accuracy)
