@@ -168,7 +168,7 @@ def test_gradient_checkpointing_trains_the_same_model(tiny_llama: Path, tmp_path
                                                            "seed": 3, "gradient_checkpointing": checkpointing}}
         runs.append(tunelab.fit(cfg, train=rows))
     base = runs[1].live.model.get_base_model()
-    assert base.is_gradient_checkpointing and not runs[0].live.model.get_base_model().is_gradient_checkpointing
+    assert base.is_activation_checkpointing and not runs[0].live.model.get_base_model().is_activation_checkpointing
     np.testing.assert_allclose([h["loss"] for h in runs[1].train.history], [h["loss"] for h in runs[0].train.history],
                                rtol=1e-4)
 

@@ -74,7 +74,12 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "supports_gradient_checkpointing", False) and hasattr(module, "gradient_checkpointing_enable"):
             # Non-reentrant checkpointing: works when only adapter weights train (no input grads needed).
-            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed the method (the old name still works and warns).
+            enable = getattr(module, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(module, "config"):
                 module.config.use_cache = False
             return
