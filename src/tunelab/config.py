@@ -131,7 +131,7 @@ class TrainConfig(_Strict):
     seed: int = 42
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
-                                         "much less memory for long inputs, about a third more compute")
+                                         "much less memory for long inputs, one extra forward pass per step")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between resumable checkpoints")
     resume: bool = Field(False, description="continue from output_dir/checkpoint if present")
     class_weights: Literal["balanced"] | dict[str, float] | None = None
