@@ -27,6 +27,9 @@ from common import peak_rss_mb  # noqa: E402
 JOBS = {"resume_ner": "resume_ner_lora.yaml", "chnsenticorp": "chnsenticorp.yaml",
         "semeval2010": "semeval2010_relation.yaml", "xquad_en": "xquad_en_qa.yaml"}
 DATA = ROOT.parent / "shared" / "data"
+# Each job's headline numbers -> the metric they come from (None: the dev-set number of the same name).
+HEADLINE = {"semeval2010": {"test_macro_f1": "macro_f1"}, "xquad_en": {"exact_match": "exact_match", "f1": "f1"},
+            "resume_ner": {"dev_f1": None, "test_f1": "f1"}, "chnsenticorp": {"dev_accuracy": None}}
 
 
 def xquad_split(work: Path) -> list[str]:
@@ -57,10 +60,8 @@ def run_job(job: str, overrides: list[str]) -> dict:
         metrics = run.metrics if split == "dev" else run.test_metrics
         if metrics and "per_type" in metrics:
             result[f"{split}_per_type_f1"] = {k: round(v["f1"], 4) for k, v in metrics["per_type"].items()}
-    headline = {"semeval2010": {"test_macro_f1": "macro_f1"}, "xquad_en": {"exact_match": "exact_match", "f1": "f1"},
-                "resume_ner": {"dev_f1": None, "test_f1": "f1"}, "chnsenticorp": {"dev_accuracy": None}}[job]
     tunelab_numbers = {}
-    for key, metric in headline.items():
+    for key, metric in HEADLINE[job].items():
         if metric is None:  # a dev number
             tunelab_numbers[key] = result["dev"][key.removeprefix("dev_")]
         else:
@@ -71,6 +72,22 @@ def run_job(job: str, overrides: list[str]) -> dict:
     return result
 
 
+def update_results(job: str, entries: dict) -> dict:
+    """Merge ``entries`` (a "tunelab" or "hf_trainer" run) into bench/results/<job>.json, keeping the other
+    system's run, and recompute the tunelab-vs-recipe comparison from whatever both sides hold now."""
+    out = ROOT / "bench" / "results" / f"{job}.json"
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.update(entries)
+    tl, hf = report.get("tunelab", {}), report.get("hf_trainer", {})
+    if "samples_per_s" in tl and "samples_per_s" in hf:
+        report["throughput_ratio"] = round(tl["samples_per_s"] / hf["samples_per_s"], 2)
+    for key in HEADLINE[job]:
+        if key in tl and key in hf:
+            report[f"{key}_difference_points"] = round(100 * (tl[key] - hf[key]), 2)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main() -> None:
     jobs = [a for a in sys.argv[1:] if "=" not in a]
     overrides = [a for a in sys.argv[1:] if "=" in a]
@@ -79,8 +96,7 @@ def main() -> None:
         sys.exit(f"usage: config_runs.py {{{','.join(JOBS)}}} ... [key=value]; unknown: {sorted(unknown)}")
     for job in jobs:
         result = run_job(job, overrides)
-        out = ROOT / "bench" / "results" / f"{job}.json"
-        out.write_text(json.dumps(result, indent=2))
+        update_results(job, result)
         print(json.dumps(result, indent=2))
 
 

@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import align_first_subtoken, peak_rss_mb, run_in_subprocess, tags_from_prediction  # noqa: E402
-from config_runs import JOBS, xquad_split  # noqa: E402
+from config_runs import JOBS, update_results, xquad_split  # noqa: E402
 
 
 def load_job_config(job: str, work: Path):
@@ -280,8 +280,6 @@ def run_xquad_en(cfg, work: Path) -> dict:
 
 RECIPES = {"chnsenticorp": run_chnsenticorp, "resume_ner": run_resume_ner, "semeval2010": run_semeval2010,
            "xquad_en": run_xquad_en}
-HEADLINE = {"chnsenticorp": ["dev_accuracy"], "resume_ner": ["dev_f1", "test_f1"],
-            "semeval2010": ["test_macro_f1"], "xquad_en": ["exact_match", "f1"]}
 
 
 def main() -> None:
@@ -305,22 +303,13 @@ def main() -> None:
         sys.exit(f"unknown jobs {sorted(unknown)}; choose from {sorted(RECIPES)}")
     args.work.mkdir(parents=True, exist_ok=True)
     for job in args.jobs:
-        out = ROOT / "bench" / "results" / f"{job}.json"
-        report = json.loads(out.read_text()) if out.exists() else {}
         hf = run_in_subprocess(__file__, job, args.work, ["--limit", str(args.limit)] if args.limit else [])
         if args.limit:
             continue
         hf = {k: round(v, 4) if isinstance(v, float) else v for k, v in hf.items()}
         hf["command"] = f"python bench/encoder_peers.py {job}"
-        report["hf_trainer"] = hf
-        tl = report.get("tunelab", {})
-        if "samples_per_s" in tl:
-            report["throughput_ratio"] = round(tl["samples_per_s"] / hf["samples_per_s"], 2)
-        for key in HEADLINE[job]:
-            if key in tl:
-                report[f"{key}_difference_points"] = round(100 * (tl[key] - hf[key]), 2)
-        out.write_text(json.dumps(report, indent=2))
-        print(json.dumps({job: report.get("hf_trainer")}, indent=2), flush=True)
+        update_results(job, {"hf_trainer": hf})
+        print(json.dumps({job: hf}, indent=2), flush=True)
 
 
 if __name__ == "__main__":
