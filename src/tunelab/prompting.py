@@ -180,10 +180,14 @@ class PromptClassifier:
         logp = self._label_logprobs(model, tokenizer, prompts)
         scores = logp - logp.max(axis=1, keepdims=True)
         if self._per_input_calibration():
-            content_free = [self._prompt_ids(tokenizer, self._messages(CONTENT_FREE[0], None if p is None else CONTENT_FREE[0],
-                                                                       d), limit, "calibration", [])
+            # Inputs often retrieve the same demonstrations: score each distinct content-free prompt once.
+            content_free = [tuple(self._prompt_ids(tokenizer, self._messages(CONTENT_FREE[0], None if p is None
+                                                                             else CONTENT_FREE[0], d), limit, "calibration", []))
                             for p, d in zip(pairs, demos)]
-            scores = scores - np.log(_softmax(self._label_logprobs(model, tokenizer, content_free)))
+            distinct = list(dict.fromkeys(content_free))
+            priors = np.log(_softmax(self._label_logprobs(model, tokenizer, [list(ids) for ids in distinct])))
+            row = {ids: i for i, ids in enumerate(distinct)}
+            scores = scores - priors[[row[ids] for ids in content_free]]
         elif s.get("calibration") is not None:
             scores = scores - np.asarray(s["calibration"])[None, :]
         probs = _softmax(scores)
