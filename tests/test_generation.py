@@ -203,3 +203,12 @@ def test_left_padded_reply_only_logits_give_the_exact_loss(tiny_llama: Path) -> 
         plain = sum(F.cross_entropy(model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1],
                                     torch.tensor(f["labels"][1:]), ignore_index=-100, reduction="sum") for f in feats)
     assert torch.allclose(trimmed, plain, rtol=1e-4)
+
+
+def test_gradient_checkpointing_on_a_model_without_a_transformer_is_a_config_error() -> None:
+    import torch
+
+    from tunelab.methods import enable_gradient_checkpointing
+
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing: Sequential has no transformer"):
+        enable_gradient_checkpointing(torch.nn.Sequential(torch.nn.Linear(2, 2)))
