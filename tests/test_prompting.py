@@ -138,9 +138,15 @@ def test_setfit_path_trains_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -
     a, b = loaded.predict(texts), run.live.predict(texts)
     assert [x["label"] for x in a] == [x["label"] for x in b]
     np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], rtol=1e-5)
-    pairs = sample_pairs([0, 0, 1, 1], 4, seed=0)
-    assert len(pairs) == 16 and {t for _, _, t in pairs} == {0.0, 1.0}
-    assert all((t == 1.0) == ([0, 0, 1, 1][i] == [0, 0, 1, 1][j]) for i, j, t in pairs)
+    labels = [0, 0, 1, 1]
+    pairs = sample_pairs(labels, 4, seed=0)  # the floor: 4 pairs x 4 examples, half of each kind
+    assert len(pairs) == 16 and sum(t for _, _, t in pairs) == 8
+    assert all((t == 1.0) == (labels[i] == labels[j]) and i != j for i, j, t in pairs)
+    many = [0] * 10 + [1] * 10  # 90 unique positive pairs, 100 negative: positives cycled up to 100
+    pairs = sample_pairs(many, 1, seed=0)
+    assert len(pairs) == 200 and len({(i, j) for i, j, t in pairs if t == 0.0}) == 100
+    assert len({(i, j) for i, j, t in pairs if t == 1.0}) == 90
+    assert len(sample_pairs(many, 1, seed=0, max_pairs=50)) == 50
 
 
 def test_zero_shot_entities_report_unparsed_output(tiny_llama: Path, tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ class PromptConfig(_Strict):
 class SetFitConfig(_Strict):
     """Few-shot classification SetFit-style: contrastive tuning of sentence embeddings, then a light head."""
 
-    pairs_per_example: int = Field(20, ge=1, description="positive+negative pairs drawn per labelled example")
+    pairs_per_example: int = Field(20, ge=1, description="at least this many pairs per labelled example; every "
+                                   "unique pair is used (balanced positive/negative, as SetFit does) when that is more")
+    max_pairs: int = Field(10000, ge=2, description="cap on pairs per epoch (all pairs grow with the square of k)")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-5, gt=0)

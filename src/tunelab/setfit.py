@@ -19,21 +19,25 @@ from .config import SetFitConfig
 from .embed import Embedder
 
 
-def sample_pairs(labels: list[int], pairs_per_example: int, seed: int) -> list[tuple[int, int, float]]:
-    """For every example, ``pairs_per_example`` pairs alternating positive (same label) and negative."""
+def sample_pairs(labels: list[int], pairs_per_example: int, seed: int, max_pairs: int | None = None) -> list[tuple[int, int, float]]:
+    """Contrastive pairs, half positive (same label) and half negative: every unique pair of distinct
+    examples once, the smaller side cycled to match the larger (SetFit's "oversampling"), and at least
+    ``pairs_per_example`` x n pairs in all (cycling both sides) when that is more; at most ``max_pairs``.
+    The all-pairs count grows with k^2, which is what keeps a 64-shot model learning; the floor keeps a
+    handful of examples from getting a handful of steps."""
     rng = random.Random(seed)
-    by_label: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_label.setdefault(y, []).append(i)
-    pairs = []
-    for i, y in enumerate(labels):
-        same = [j for j in by_label[y] if j != i]
-        other = [j for j in range(len(labels)) if labels[j] != y]
-        for n in range(pairs_per_example):
-            if n % 2 == 0 and same:
-                pairs.append((i, rng.choice(same), 1.0))
-            elif other:
-                pairs.append((i, rng.choice(other), 0.0))
+    n = len(labels)
+    positives = [(i, j, 1.0) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
+    negatives = [(i, j, 0.0) for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
+    rng.shuffle(positives)
+    rng.shuffle(negatives)
+    sides = [side for side in (positives, negatives) if side]
+    if not sides:
+        return []
+    per_side = max(max(map(len, sides)), -(-pairs_per_example * n // len(sides)))
+    if max_pairs is not None:
+        per_side = min(per_side, max(1, max_pairs // len(sides)))
+    pairs = [side[k % len(side)] for side in sides for k in range(per_side)]
     rng.shuffle(pairs)
     return pairs
 
@@ -44,7 +48,7 @@ def contrastive_tune(embedder: Embedder, texts: list[str], labels: list[int], cf
     model = embedder.model
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-    pairs = [p for epoch in range(cfg.epochs) for p in sample_pairs(labels, cfg.pairs_per_example, seed + epoch)]
+    pairs = [p for epoch in range(cfg.epochs) for p in sample_pairs(labels, cfg.pairs_per_example, seed + epoch, cfg.max_pairs)]
     steps = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
     from transformers import get_scheduler
 
