@@ -26,7 +26,20 @@ HYPER = {"batch_size": 32, "full_learning_rate": 1e-4, "lora_learning_rate": 1e-
          "warmup_ratio": 0.06, "weight_decay": 0.01, "max_length": 128, "seed": 42}
 
 
-def run_tunelab(args, method: str) -> dict:
+# tunelab's own NER options, each measured on its own and together. The "tunelab" and "tunelab_lora" systems
+# switch them off: they are the like-for-like comparison with the HF recipe.
+RECIPE = {"case_markers": False}
+VARIANTS = {
+    "case_markers": {"case_markers": True},
+    "document_context": {"case_markers": False, "document_context": True},
+    "context_and_markers": {"case_markers": True, "document_context": True},
+}
+# Document windows: 256 sub-tokens, consecutive windows sharing 96 (each word is read at least ~48 from an
+# edge), batches of 8 windows (about as many tokens per step as 32 sentences).
+DOCUMENT = {"max_length": 256, "stride": 96, "batch_size": 8}
+
+
+def run_tunelab(args, method: str, options: dict | None = None) -> dict:
     import tunelab
     from tunelab.data import read_records
 
@@ -35,10 +48,15 @@ def run_tunelab(args, method: str) -> dict:
     if args.train_sentences:
         train = train.subset(range(min(args.train_sentences, len(train))))
     lr = HYPER["full_learning_rate"] if method == "full" else HYPER["lora_learning_rate"]
-    cfg = {"task": "ner", "model": "minilm", "output_dir": str(args.work / f"tunelab_{method}"),
+    task = {"name": "ner", **(options or RECIPE)}
+    in_documents = task.get("document_context", False)
+    if in_documents:
+        task["stride"] = DOCUMENT["stride"]
+    cfg = {"task": task, "model": "minilm", "output_dir": str(args.work / f"tunelab_{method}_{args.run_system}"),
            "method": {"name": method, "r": HYPER["lora_r"], "alpha": 2 * HYPER["lora_r"]},
-           "data": {"max_length": HYPER["max_length"]},
-           "train": {"epochs": args.epochs, "batch_size": HYPER["batch_size"], "learning_rate": lr,
+           "data": {"max_length": DOCUMENT["max_length"] if in_documents else HYPER["max_length"]},
+           "train": {"epochs": args.epochs, "batch_size": DOCUMENT["batch_size"] if in_documents else HYPER["batch_size"],
+                     "learning_rate": lr,
                      "warmup_ratio": HYPER["warmup_ratio"], "weight_decay": HYPER["weight_decay"], "seed": HYPER["seed"]}}
     run = tunelab.fit(cfg, train=train, validation=valid)
     started = time.perf_counter()
@@ -47,7 +65,8 @@ def run_tunelab(args, method: str) -> dict:
             "test_per_type_f1": {k: v["f1"] for k, v in test["per_type"].items()},
             "dev_f1": run.metrics["f1"], "samples_per_s": run.train.samples_per_s,
             "train_seconds": run.train.train_seconds, "test_eval_seconds": time.perf_counter() - started,
-            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"]}
+            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"], "task_options": task,
+            "samples_per_s_counts": "training windows" if in_documents else "sentences"}
 
 
 def run_hf(args) -> dict:
@@ -95,7 +114,8 @@ def run_hf(args) -> dict:
 
 
 SYSTEMS = {"tunelab": lambda a: run_tunelab(a, "full"), "tunelab_lora": lambda a: run_tunelab(a, "lora"),
-           "hf_trainer": run_hf}
+           "hf_trainer": run_hf,
+           **{f"tunelab_{name}": (lambda a, o=options: run_tunelab(a, "full", o)) for name, options in VARIANTS.items()}}
 
 
 def main() -> None:
@@ -113,8 +133,11 @@ def main() -> None:
         args.result.write_text(json.dumps(SYSTEMS[args.run_system](args)))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    report = {"systems": {}, "hyperparameters": {**HYPER, "epochs": args.epochs},
-              "command": "python " + " ".join(sys.argv), "train_sentences": args.train_sentences or 14041}
+    # Results merge into the existing file: re-running one system keeps the others' measurements.
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"systems": {}}
+    report.update({"hyperparameters": {**HYPER, "epochs": args.epochs}, "document_context_settings": DOCUMENT,
+                   "train_sentences": args.train_sentences or 14041})
+    report.setdefault("commands", []).append("python " + " ".join(sys.argv))
     extra = ["--data-dir", str(args.data_dir), "--epochs", str(args.epochs)]
     if args.train_sentences:
         extra += ["--train-sentences", str(args.train_sentences)]

@@ -61,12 +61,17 @@ def test_detect_scheme_and_spans() -> None:
 # ---- readers -----------------------------------------------------------------------------------
 def test_conll_reader(tmp_path: Path) -> None:
     path = tmp_path / "train.txt"
-    path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER",
-                    encoding="utf-8")
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER"
+                    "\n\n-DOCSTART- -X- -X- O\n\nBonn NNP B-NP B-LOC\n", encoding="utf-8")
     records = read_records(path)
-    assert records.rows == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
-                            {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]
+    # -DOCSTART- lines number the documents, which task.document_context reads together
+    assert records.rows == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"], "document": 0},
+                            {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"], "document": 0},
+                            {"tokens": ["Bonn"], "tags": ["B-LOC"], "document": 1}]
     assert records.where(1) == f"{path} line 7"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("EU B-ORG\nrejects O\n", encoding="utf-8")
+    assert read_records(plain).rows == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}]
     bad = tmp_path / "bad.conll"
     bad.write_text("EU B-ORG\nlonely\n", encoding="utf-8")
     with pytest.raises(tunelab.DataError, match=r"bad\.conll line 2: expected a token and a tag"):
@@ -108,6 +113,46 @@ def test_long_input_is_windowed_without_dropping_tokens(tiny_bert: Path) -> None
     outputs = [np.random.default_rng(0).normal(size=(len(f["input_ids"]), 3)).astype("float32") for f in feats]
     (pred,) = task.decode(outputs, feats)
     assert len(pred["tags"]) == 40
+
+
+def test_case_markers_give_an_uncased_tokenizer_capitalisation(tiny_bert: Path) -> None:
+    from tunelab.tasks.ner import CASE_MARKERS, case_class
+
+    assert [case_class(w) for w in ["London", "EU", "I", "rejects", "3", "McDonald"]] == [0, 1, 0, None, None, 0]
+    rows = [{"tokens": ["EU", "rejects", "Peter", "Blackburn"], "tags": ["B-ORG", "O", "B-PER", "I-PER"]}]
+    tok = _tok(tiny_bert)
+    task = _task(rows)  # case_markers: auto -> on, the MiniLM tokenizer lower-cases
+    task.prepare_tokenizer(tok)
+    assert task.state["case_markers"] is True and tok.convert_ids_to_tokens(task.state["marker_ids"]) == CASE_MARKERS
+    (feat,) = task.encode(read_records(rows), tok, with_labels=True)
+    pieces = tok.convert_ids_to_tokens(feat["input_ids"])
+    assert pieces[:4] == ["[CLS]", "[UP]", "eu", "rejects"] and pieces[4] == "[CAP]"
+    markers = [k for k, t in enumerate(pieces) if t in CASE_MARKERS]
+    # a marker belongs to no word: no label, never read as a prediction
+    assert all(feat["word_ids"][k] is None and feat["labels"][k] == -100 for k in markers)
+    assert [l for l in feat["labels"] if l != -100] == [task.label_to_id[t] for t in rows[0]["tags"]]
+    plain = _task(rows, case_markers=False)
+    plain.prepare_tokenizer(_tok(tiny_bert))
+    (feat,) = plain.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
+    assert not set(tok.convert_ids_to_tokens(feat["input_ids"])) & set(CASE_MARKERS)
+
+
+def test_document_context_reads_neighbours_and_scores_per_record(tiny_bert: Path) -> None:
+    import numpy as np
+
+    rows = [dict(r, document=i // 3) for i, r in enumerate(toy_sentences(7))]  # documents of 3, 3 and 1 records
+    task = _task(rows, document_context=True, case_markers=False)
+    assert task._groups(read_records(rows)) == [[0, 1, 2], [3, 4, 5], [6]]
+    unnamed = [{k: v for k, v in r.items() if k != "document"} for r in rows]
+    assert task._groups(read_records(unnamed)) == [list(range(7))]  # one running text
+    feats = task.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
+    assert {f["record"] for f in feats} == {0, 1, 2}
+    first = next(f for f in feats if f["record"] == 0)
+    assert len({w for w in first["word_ids"] if w is not None}) > len(rows[0]["tokens"])  # sees the next sentence
+    outputs = [np.random.default_rng(0).normal(size=(len(f["input_ids"]), len(task.labels))).astype("float32") for f in feats]
+    predictions = task.decode(outputs, feats)
+    assert [p["words"] for p in predictions] == [r["tokens"] for r in rows]
+    assert task.compute_metrics(outputs, feats)["f1"] >= 0.0
 
 
 def test_raw_text_with_character_offsets(tiny_bert: Path) -> None:
@@ -154,6 +199,19 @@ def test_ner_trains_evaluates_and_predicts_spans(tiny_bert: Path, tmp_path: Path
     (pred,) = tunelab.Predictor.load(run.artifact_dir).predict(["Carol lives in Lima ."])
     for ent in pred["entities"]:
         assert "Carol lives in Lima ."[ent["start"]:ent["end"]] == ent["text"] and 0 < ent["score"] <= 1
+    assert {(e["type"], e["text"]) for e in pred["entities"]} == {("PER", "Carol"), ("LOC", "Lima")}
+
+
+def test_ner_with_document_context_trains_and_predicts(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_bert, tmp_path / "doc", epochs=10, learning_rate=3e-3, batch_size=4)
+    cfg.update(task={"name": "ner", "document_context": True, "stride": 8})
+    cfg["data"] = {"max_length": 32}
+    train = [dict(r, document=i // 4) for i, r in enumerate(toy_sentences(160))]
+    run = tunelab.fit(cfg, train=train, validation=[dict(r, document=i // 4) for i, r in enumerate(toy_sentences(30, seed=9))])
+    assert run.metrics["f1"] > 0.8, run.metrics
+    loaded = tunelab.Predictor.load(run.artifact_dir)
+    assert loaded.evaluate([dict(r, document=0) for r in toy_sentences(12, seed=5)])["f1"] > 0.8
+    (pred,) = loaded.predict(["Carol lives in Lima ."])  # a lone text is its own document
     assert {(e["type"], e["text"]) for e in pred["entities"]} == {("PER", "Carol"), ("LOC", "Lima")}
 
 

@@ -60,6 +60,13 @@ class TaskConfig(_Strict):
     negative_label: str = Field("Other", description="relation: the no-relation label, left out of macro-F1")
     stride: int | None = Field(None, ge=0, description="ner: sub-tokens shared by consecutive windows of a long "
                                "input (default: a quarter of data.max_length)")
+    case_markers: bool | Literal["auto"] = Field(
+        "auto", description="ner: mark capitalised and all-caps words with two trained marker tokens, giving an "
+        "uncased (lower-casing) tokenizer back the capitalisation cue; auto: on when the tokenizer lower-cases")
+    document_context: bool = Field(False, description="ner: read each sentence inside windows of its document "
+                                   "(consecutive records sharing data.document_column, e.g. CoNLL -DOCSTART- "
+                                   "blocks; records without it are one running text, in order) so neighbouring "
+                                   "sentences give context; predictions and scores stay per record")
     instruction: str | None = Field(None, description="summarization/translation: the user turn, with a {text} slot "
                                     "(translation also {source_lang} {target_lang}); a default per task")
     system_prompt: str | None = Field(None, description="generation: a system turn (default: the chat template's own)")
@@ -84,6 +91,8 @@ class DataConfig(_Strict):
     tokens_column: str = Field("tokens", description="ner: pre-split tokens (a list per record)")
     tags_column: str = Field("tags", description="ner: one tag per token")
     entities_column: str = Field("entities", description="ner: character-offset entities for raw text_column")
+    document_column: str = Field("document", description="ner: which document a record belongs to (CoNLL files "
+                                 "with -DOCSTART- lines get it on reading); used by task.document_context")
     question_column: str = "question"
     context_column: str = "context"
     answers_column: str = "answers"

@@ -177,19 +177,24 @@ def _read_semeval(path: Path, text: str) -> Records:
 
 def _read_token_columns(path: Path, text: str) -> Records:
     """CoNLL-style files: one token per line (token first, tag last, any columns between), a blank line
-    between sentences, optional ``-DOCSTART-`` lines. Each sentence becomes {"tokens": [...], "tags": [...]}."""
+    between sentences, optional ``-DOCSTART-`` lines. Each sentence becomes {"tokens": [...], "tags": [...]},
+    plus {"document": n} (0, 1, ...) when the file marks documents with ``-DOCSTART-``."""
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
+    document = -1 if any(line.startswith("-DOCSTART-") for line in text.splitlines()) else None
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             if tokens:
-                rows.append({"tokens": tokens, "tags": tags})
+                rows.append({"tokens": tokens, "tags": tags} if document is None else
+                            {"tokens": tokens, "tags": tags, "document": max(document, 0)})
                 lines.append(start)
             tokens, tags = [], []
+            if fields and document is not None:
+                document += 1
             continue
         if len(fields) < 2:
             raise DataError(f"{path} line {number}: expected a token and a tag separated by whitespace, got {line!r}")
@@ -198,11 +203,12 @@ def _read_token_columns(path: Path, text: str) -> Records:
         tokens.append(fields[0])
         tags.append(fields[-1])
     if tokens:  # files without a trailing blank line
-        rows.append({"tokens": tokens, "tags": tags})
+        rows.append({"tokens": tokens, "tags": tags} if document is None else
+                    {"tokens": tokens, "tags": tags, "document": max(document, 0)})
         lines.append(start)
     if not rows:
         raise DataError(f"{path}: no sentences found (expected token/tag lines separated by blank lines)")
-    return Records(rows, str(path), lines, ["tokens", "tags"])
+    return Records(rows, str(path), lines, ["tokens", "tags"] + (["document"] if document is not None else []))
 
 
 def _read_jsonl(path: Path, text: str) -> Records:

@@ -7,6 +7,16 @@ word's first sub-token and the others are ignored by the loss. Inputs longer tha
 cut into overlapping windows (``task.stride`` sub-tokens shared), so no token is dropped; at prediction
 each word is read from the window in which it is most central.
 
+Two options help an encoder read more than the sentence it is given:
+
+- ``task.case_markers`` (on by default for a lower-casing tokenizer, like the packaged MiniLM's): a trained
+  marker token goes before each capitalised (``[CAP]``) or all-caps (``[UP]``) word, so an uncased model
+  sees capitalisation again — the strongest cue for names in English (ULMFiT's ``xxmaj``/``xxup``).
+- ``task.document_context``: consecutive records of one document (``data.document_column``; CoNLL files with
+  ``-DOCSTART-`` carry it) are read as one input in overlapping windows, so each sentence is labelled with
+  its neighbours in view (FLERT-style document context); predictions and scores stay per record. Records
+  that name no document are read as one running text: turn it on only for consecutive sentences.
+
 Metrics are entity-level precision/recall/F1 with seqeval's strict IOB2 semantics, plus a per-type report.
 ``predict`` returns entity spans with type, character offsets, text and score.
 """
@@ -42,6 +52,21 @@ def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [m.group() for m in matches], [(m.start(), m.end()) for m in matches]
 
 
+CASE_MARKERS = ["[CAP]", "[UP]"]
+
+
+def case_class(word: str) -> int | None:
+    """0 for a capitalised word (``London``, ``I``), 1 for an all-caps one (``EU``), None otherwise."""
+    if not word[:1].isupper():
+        return None
+    return 1 if len(word) > 1 and word.isupper() else 0
+
+
+def lower_cases(tokenizer: Any) -> bool:
+    """Whether the tokenizer maps ``Paris`` and ``paris`` to the same pieces (an uncased model)."""
+    return tokenizer.tokenize("Paris Hilton") == tokenizer.tokenize("paris hilton")
+
+
 def join_tokens(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """A text for pre-split tokens (space-joined; CJK characters joined without spaces) and offsets."""
     text, offsets = "", []
@@ -74,7 +99,8 @@ class NerTask:
         state: dict[str, Any] = {
             "tokens_column": d.tokens_column, "tags_column": d.tags_column, "text_column": d.text_column,
             "entities_column": d.entities_column, "max_length": d.max_length, "stride": stride,
-            "tag_scheme": t.tag_scheme, "labels": ["O"],
+            "tag_scheme": t.tag_scheme, "labels": ["O"], "case_markers": t.case_markers,
+            "document_context": t.document_context, "document_column": d.document_column,
         }
         probe = cls(state)
         if t.tag_scheme == "auto" and _has(train, d.tags_column):
@@ -184,30 +210,86 @@ class NerTask:
             ex["tags"] = tags
         return ex
 
+    # ---- tokenizer --------------------------------------------------------------------------------
+    def prepare_tokenizer(self, tokenizer: Any) -> None:
+        """Decide on case markers (auto: when the tokenizer lower-cases) and add their tokens; a no-op for a
+        tokenizer saved with them."""
+        s = self.state
+        if s.get("case_markers") == "auto":
+            s["case_markers"] = lower_cases(tokenizer)
+        if s.get("case_markers"):
+            tokenizer.add_special_tokens({"additional_special_tokens": CASE_MARKERS}, replace_extra_special_tokens=False)
+            s["marker_ids"] = tokenizer.convert_tokens_to_ids(CASE_MARKERS)
+        s["vocab_size"] = len(tokenizer)
+
+    def _groups(self, records: Records) -> list[list[int]]:
+        """Record indices read together. Without task.document_context each record alone; with it, runs
+        of consecutive records of one document (data.document_column), or — when the records name no
+        documents — all of them as one running text, in order."""
+        column = self.state.get("document_column", "document")
+        if not self.state.get("document_context"):
+            return [[r] for r in range(len(records))]
+        if not any(column in row for row in records.rows):
+            return [list(range(len(records)))] if len(records) else []
+        groups: list[list[int]] = []
+        previous: Any = object()
+        for r, row in enumerate(records.rows):
+            document = row.get(column)
+            if document is None or document != previous or not groups:
+                groups.append([])
+            groups[-1].append(r)
+            previous = document
+        return groups
+
+    def _with_case_markers(self, ids: list[int], word_ids: list[int | None], words: list[str]) -> tuple[list[int], list[int | None]]:
+        """Insert a case marker before the first sub-token of each capitalised / all-caps word. Markers
+        belong to no word: they carry no label and are never read as a prediction."""
+        markers = self.state.get("marker_ids")
+        if not markers:
+            return ids, word_ids
+        out_ids: list[int] = []
+        out_words: list[int | None] = []
+        for k, (token, w) in enumerate(zip(ids, word_ids)):
+            if w is not None and (k == 0 or word_ids[k - 1] != w):
+                kind = case_class(words[w])
+                if kind is not None:
+                    out_ids.append(markers[kind])
+                    out_words.append(None)
+            out_ids.append(token)
+            out_words.append(w)
+        return out_ids, out_words
+
     # ---- word-level examples -> windows of sub-tokens --------------------------------------------
     def encode(self, records: Records, tokenizer: Any, *, with_labels: bool) -> list[dict[str, Any]]:
         examples = self._examples(records, with_labels=with_labels)
-        enc = tokenizer([ex["words"] for ex in examples], is_split_into_words=True, add_special_tokens=False, truncation=False)
-        prefix, suffix = special_tokens_around(tokenizer)
-        body = self.state["max_length"] - len(prefix) - len(suffix)
-        stride = min(self.state["stride"], body - 1)
-        features: list[dict[str, Any]] = []
+        golds: list[list[int] | None] = []
         for r, ex in enumerate(examples):
-            ids, word_ids = enc["input_ids"][r], enc.word_ids(r)
             gold = [self.label_to_id.get(t, -1) for t in ex["tags"]] if with_labels else None
             if gold is not None and -1 in gold:
                 bad = ex["tags"][gold.index(-1)]
                 raise DataError(f"{records.where(r)}: tag {bad!r} was never seen in training; known: {', '.join(self.labels)}")
+            golds.append(gold)
+        groups = self._groups(records)
+        group_words = [[w for r in group for w in examples[r]["words"]] for group in groups]
+        enc = tokenizer(group_words, is_split_into_words=True, add_special_tokens=False, truncation=False)
+        prefix, suffix = special_tokens_around(tokenizer)
+        body = self.state["max_length"] - len(prefix) - len(suffix)
+        stride = min(self.state["stride"], body - 1)
+        features: list[dict[str, Any]] = []
+        for g, group in enumerate(groups):
+            ids, word_ids = self._with_case_markers(enc["input_ids"][g], enc.word_ids(g), group_words[g])
+            gold = [label for r in group for label in golds[r]] if with_labels else None
             start, first = 0, True
             while True:
                 end = min(start + body, len(ids))
                 window_words = [None] * len(prefix) + list(word_ids[start:end]) + [None] * len(suffix)
                 feat: dict[str, Any] = {
                     "input_ids": prefix + ids[start:end] + suffix,
-                    "record": r, "word_ids": window_words, "window": (start, end, len(ids)),
+                    "record": g, "word_ids": window_words, "window": (start, end, len(ids)),
                 }
-                if first:  # per-record data travels with the record's first window
-                    feat.update(words=ex["words"], offsets=ex["offsets"], text=ex["text"], gold=ex.get("tags"))
+                if first:  # per-record data travels with the group's first window
+                    feat["parts"] = [{"words": examples[r]["words"], "offsets": examples[r]["offsets"],
+                                      "text": examples[r]["text"], "gold": examples[r].get("tags")} for r in group]
                 if gold is not None:
                     labels = []
                     for j, w in enumerate(window_words):
@@ -244,18 +326,32 @@ class NerTask:
 
         from .common import load_with_head
 
-        return load_with_head(AutoModelForTokenClassification, model_path, dropout, num_labels=len(self.labels),
-                              id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
+        model, head = load_with_head(AutoModelForTokenClassification, model_path, dropout, num_labels=len(self.labels),
+                                     id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
+        vocab = self.state.get("vocab_size")
+        if vocab and model.get_input_embeddings().num_embeddings != vocab:
+            # new case-marker rows start at the mean of the existing embeddings, trained from there
+            model.resize_token_embeddings(vocab, mean_resizing=True)
+        return model, head
+
+    def peft_extras(self, method: str) -> dict[str, Any]:
+        """The case-marker embeddings train under every parameter-efficient method too."""
+        markers = self.state.get("marker_ids")
+        if not markers:
+            return {}
+        if method == "lora":
+            return {"trainable_token_indices": {"word_embeddings": list(markers)}}
+        return {"modules_to_save": ["word_embeddings"]}
 
     # ---- outputs -> words -> entities ------------------------------------------------------------
     def _word_probs(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[tuple[dict, np.ndarray]]:
-        """Per record: (its first feature, [n_words, n_labels] probabilities). Each word is read from its
-        first sub-token in the window where that sub-token is farthest from a window edge."""
+        """Per record: (its words/offsets/text/gold, [n_words, n_labels] probabilities). Each word is read
+        from its first sub-token in the window where that sub-token is farthest from a window edge."""
         records: dict[int, dict[str, Any]] = {}
         for feat, logits in zip(features, outputs):
-            rec = records.setdefault(feat["record"], {"head": None, "best": {}})
-            if "words" in feat:
-                rec["head"] = feat
+            rec = records.setdefault(feat["record"], {"parts": None, "best": {}})
+            if "parts" in feat:
+                rec["parts"] = feat["parts"]
             start, end, total = feat["window"]
             probs = _softmax(logits)
             seen: set[int] = set()
@@ -270,14 +366,17 @@ class NerTask:
                 if w not in rec["best"] or margin > rec["best"][w][0]:
                     rec["best"][w] = (margin, probs[j])
         result = []
-        for r in sorted(records):
-            head = records[r]["head"]
-            n_words = len(head["words"])
+        for g in sorted(records):
+            parts = records[g]["parts"]
+            n_words = sum(len(part["words"]) for part in parts)
             word_probs = np.zeros((n_words, len(self.labels)), dtype=np.float32)
             word_probs[:, 0] = 1.0  # a word with no sub-tokens (dropped by the tokenizer) reads as O
-            for w, (_, p) in records[r]["best"].items():
+            for w, (_, p) in records[g]["best"].items():
                 word_probs[w] = p
-            result.append((head, word_probs))
+            start = 0
+            for part in parts:  # a document group splits back into its records
+                result.append((part, word_probs[start : start + len(part["words"])]))
+                start += len(part["words"])
         return result
 
     def _tags(self, word_probs: np.ndarray) -> list[str]:
