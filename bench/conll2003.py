@@ -3,8 +3,13 @@ token-classification recipe (run_ner style: label on the first sub-token, DataCo
 truncation at max length), same MiniLM, epochs, batch size, schedule and machine; train -> test entity F1
 (seqeval, strict IOB2 for tunelab; seqeval default for the HF recipe, as run_ner computes it).
 
-Run:  .venv/bin/python bench/conll2003.py [--data-dir ../shared/data/conll2003] [--epochs 3]
-Writes bench/results/conll2003.json.
+Also tunelab's own NER options, each a system of its own (not part of the like-for-like comparison):
+``tunelab_case_markers`` (capitalisation markers for the uncased MiniLM), ``tunelab_document_context``
+(sentences read in 256-sub-token windows of running text; this copy of CoNLL-2003 has no -DOCSTART- lines,
+so the whole file in order is the running text) and ``tunelab_context_and_markers`` (both).
+
+Run:  .venv/bin/python bench/conll2003.py [--data-dir ../shared/data/conll2003] [--epochs 3] [--systems a,b]
+Writes (merges into) bench/results/conll2003.json.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def run_tunelab(args, method: str, options: dict | None = None) -> dict:
             "test_per_type_f1": {k: v["f1"] for k, v in test["per_type"].items()},
             "dev_f1": run.metrics["f1"], "samples_per_s": run.train.samples_per_s,
             "train_seconds": run.train.train_seconds, "test_eval_seconds": time.perf_counter() - started,
-            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"], "task_options": task,
+            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"], "task_options": task, "epochs": args.epochs,
             "samples_per_s_counts": "training windows" if in_documents else "sentences"}
 
 

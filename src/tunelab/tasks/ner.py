@@ -330,8 +330,10 @@ class NerTask:
                                      id2label=dict(enumerate(self.labels)), label2id=dict(self.label_to_id))
         vocab = self.state.get("vocab_size")
         if vocab and model.get_input_embeddings().num_embeddings != vocab:
-            # new case-marker rows start at the mean of the existing embeddings, trained from there
-            model.resize_token_embeddings(vocab, mean_resizing=True)
+            from ..models import quiet_loading
+
+            with quiet_loading():  # new case-marker rows start near the mean embedding, trained from there
+                model.resize_token_embeddings(vocab, mean_resizing=True)
         return model, head
 
     def peft_extras(self, method: str) -> dict[str, Any]:
