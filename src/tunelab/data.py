@@ -184,13 +184,18 @@ def _read_token_columns(path: Path, text: str) -> Records:
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
-    document = -1 if any(line.startswith("-DOCSTART-") for line in text.splitlines()) else None
+    # Files that mark documents number them from 0 (sentences before the first marker belong to document 0).
+    document = -1 if text.startswith("-DOCSTART-") or "\n-DOCSTART-" in text else None
+
+    def sentence() -> dict[str, Any]:
+        return {"tokens": tokens, "tags": tags} if document is None else \
+            {"tokens": tokens, "tags": tags, "document": max(document, 0)}
+
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             if tokens:
-                rows.append({"tokens": tokens, "tags": tags} if document is None else
-                            {"tokens": tokens, "tags": tags, "document": max(document, 0)})
+                rows.append(sentence())
                 lines.append(start)
             tokens, tags = [], []
             if fields and document is not None:
@@ -203,8 +208,7 @@ def _read_token_columns(path: Path, text: str) -> Records:
         tokens.append(fields[0])
         tags.append(fields[-1])
     if tokens:  # files without a trailing blank line
-        rows.append({"tokens": tokens, "tags": tags} if document is None else
-                    {"tokens": tokens, "tags": tags, "document": max(document, 0)})
+        rows.append(sentence())
         lines.append(start)
     if not rows:
         raise DataError(f"{path}: no sentences found (expected token/tag lines separated by blank lines)")

@@ -54,3 +54,11 @@ def label_weights(spec: str | dict[str, float] | None, labels: list[str], counts
     if unknown:
         raise DataError(f"train.class_weights names unknown labels {sorted(unknown)}; labels are {labels}")
     return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float)
+
+
+def train_new_tokens(method: str, token_ids: list[int]) -> dict[str, Any]:
+    """peft options that keep added tokens' embeddings (entity or case markers) training: only those rows
+    under LoRA, the whole embedding matrix under the other methods."""
+    if method == "lora":
+        return {"trainable_token_indices": {"word_embeddings": list(token_ids)}}
+    return {"modules_to_save": ["word_embeddings"]}

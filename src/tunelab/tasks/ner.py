@@ -38,7 +38,7 @@ from ..config import Config
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
-from .common import label_weights
+from .common import label_weights, train_new_tokens
 
 # A word is a run of letters/digits, or one punctuation mark; CJK characters are words of their own
 # (Chinese NER datasets label characters).
@@ -235,7 +235,7 @@ class NerTask:
         previous: Any = object()
         for r, row in enumerate(records.rows):
             document = row.get(column)
-            if document is None or document != previous or not groups:
+            if document is None or document != previous:
                 groups.append([])
             groups[-1].append(r)
             previous = document
@@ -339,11 +339,7 @@ class NerTask:
     def peft_extras(self, method: str) -> dict[str, Any]:
         """The case-marker embeddings train under every parameter-efficient method too."""
         markers = self.state.get("marker_ids")
-        if not markers:
-            return {}
-        if method == "lora":
-            return {"trainable_token_indices": {"word_embeddings": list(markers)}}
-        return {"modules_to_save": ["word_embeddings"]}
+        return train_new_tokens(method, markers) if markers else {}
 
     # ---- outputs -> words -> entities ------------------------------------------------------------
     def _word_probs(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[tuple[dict, np.ndarray]]:

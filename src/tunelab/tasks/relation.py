@@ -27,7 +27,7 @@ from ..batching import pad_batch
 from ..config import Config
 from ..data import Records, require_column
 from ..errors import ConfigError, DataError
-from .common import label_weights
+from .common import label_weights, train_new_tokens
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 _TAG = re.compile(r"</?e[12]>")
@@ -255,9 +255,7 @@ class RelationTask:
         if method in ("prompt_tuning", "prefix_tuning"):
             raise ConfigError(f"method.name: {method} needs a model with a standard task head; relation extraction "
                               "supports full, lora, adalora and ia3")
-        if method == "lora":
-            return {"trainable_token_indices": {"word_embeddings": list(self.state["marker_ids"])}}
-        return {"modules_to_save": ["word_embeddings"]}
+        return train_new_tokens(method, self.state["marker_ids"])
 
     # ---- predictions and metrics -----------------------------------------------------------------
     def decode(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
