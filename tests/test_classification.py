@@ -120,7 +120,7 @@ def test_sentence_pairs_and_class_weights(tiny_bert: Path, tmp_path: Path) -> No
     run = _fit(tiny_bert, tmp_path / "pairs", rows=rows, data={"text_column": "a", "text_pair_column": "b", "label_column": "y"},
                epochs=2, class_weights="balanced")
     p = Predictor.load(run.artifact_dir)
-    feats = p.task.encode(p._records([("word1", "word2")]), p.tokenizer, with_labels=False)
+    feats = p.task.encode(p.as_records([("word1", "word2")]), p.tokenizer, with_labels=False)
     assert 1 in feats[0]["token_type_ids"]  # the second text is segment 1
     assert p.predict([("word1", "word1")])[0]["label"] in ("same", "diff")
     with pytest.raises(tunelab.DataError, match="unknown labels"):

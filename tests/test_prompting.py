@@ -120,12 +120,12 @@ def test_auto_strategy_follows_data_and_model(tiny_llama: Path, tiny_bert: Path,
     few = read_records(sentiment_rows(16))
     many = read_records(sentiment_rows(80))
     cfg = build_config({})
-    assert choose_strategy(cfg, None, tiny_llama) == "zero_shot"
-    assert choose_strategy(cfg, None, tiny_bert) == "finetune"  # -> "no training data" error, not a prompt error
-    assert choose_strategy(cfg, few, tiny_bert) == "setfit"
-    assert choose_strategy(cfg, few, tiny_llama) == "few_shot"
-    assert choose_strategy(cfg, many, tiny_bert) == "finetune"
-    assert choose_strategy(build_config({"strategy": "finetune"}), few, tiny_bert) == "finetune"
+    assert choose_strategy(cfg, None, tiny_llama)[0] == "zero_shot"
+    assert choose_strategy(cfg, None, tiny_bert)[0] == "finetune"  # -> "no training data" error, not a prompt error
+    assert choose_strategy(cfg, few, tiny_bert)[0] == "setfit"
+    assert choose_strategy(cfg, few, tiny_llama)[0] == "few_shot"
+    assert choose_strategy(cfg, many, tiny_bert)[0] == "finetune"
+    assert choose_strategy(build_config({"strategy": "finetune"}), few, tiny_bert)[0] == "finetune"
 
 
 def test_setfit_path_trains_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_cli_trains_a_zero_shot_config_and_predicts(tiny_llama: Path, tmp_path: 
     assert "strategy: zero_shot" in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "run"), "a fine film", "a dull film"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [set(x) for x in lines] == [{"label", "score", "scores"}] * 2
+    assert [set(x) for x in lines] == [{"row", "label", "score", "scores"}] * 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy: zero_shot\nprompt: {template: 'no slot here'}\n", encoding="utf-8")
     assert main(["train", str(bad)]) == 2

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import TunelabError
+from .data import FORMATS
+from .errors import InputError, TunelabError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -26,47 +27,131 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import read_records
     from .metrics import scalar_metrics
     from .predict import Predictor
 
-    metrics = Predictor.load(args.artifact).evaluate(args.data)
+    records = read_records(_existing(args.data, "data"), format=args.format, encoding=args.encoding)
+    metrics = Predictor.load(args.artifact, threads=args.threads).evaluate(records)
     if args.json:
         print(json.dumps(metrics, indent=2, default=str))
-    else:
-        for key, value in scalar_metrics(metrics).items():
-            print(f"{key:>18}  {value:.4f}")
-        if "per_class" in metrics:
-            print("\nper class:")
-            for name, row in metrics["per_class"].items():
-                print(f"  {name:>16}  p={row['precision']:.3f} r={row['recall']:.3f} f1={row['f1']:.3f} n={row['support']}")
+        return 0
+    for key, value in scalar_metrics(metrics).items():
+        print(f"{key:>18}  {value:.4f}")
+    for section, rows in metrics.items():
+        if isinstance(rows, dict) and rows and all(isinstance(r, dict) and "f1" in r for r in rows.values()):
+            print(f"\n{section.replace('_', ' ')}:")
+            for name, row in rows.items():
+                support = row.get("support", row.get("number", ""))
+                print(f"  {str(name):>22}  p={row.get('precision', float('nan')):.3f} "
+                      f"r={row.get('recall', float('nan')):.3f} f1={row['f1']:.3f}" + (f" n={support}" if support != "" else ""))
     return 0
 
 
+def _existing(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} file {p} does not exist")
+    if p.is_dir():
+        raise InputError(f"{p} is a directory; give a {what} file")
+    return p
+
+
+def _predict_inputs(args: argparse.Namespace) -> Any:
+    """Records to predict for, each with its row number: --file, the arguments, or stdin (every line is an
+    input, blank ones included, so output line N answers input line N)."""
+    from .data import Records, read_records
+
+    if args.file:
+        return read_records(_existing(args.file, "input"), format=args.format, encoding=args.encoding)
+    texts = list(args.texts) if args.texts else [line.rstrip("\r\n") for line in sys.stdin]
+    if not args.texts:
+        while texts and not texts[-1].strip():  # the newline at the end of input is not an input
+            texts.pop()
+    return texts
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import Records
     from .predict import Predictor
 
-    predictor = Predictor.load(args.artifact)
-    inputs: Any = Path(args.file) if args.file else list(args.texts)
-    if not args.file and not args.texts:
-        inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    inputs = _predict_inputs(args)
+    predictor = Predictor.load(args.artifact, threads=args.threads)
     if args.stream:
         if not hasattr(predictor, "stream") or args.file:
-            raise TunelabError("--stream works for generation artifacts with texts given as arguments or on stdin")
+            raise InputError("--stream works for generation artifacts with texts given as arguments or on stdin")
         for text in inputs:
             for piece in predictor.stream(text):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         return 0
-    predictions = predictor.predict(inputs, batch_size=args.batch_size)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    if isinstance(inputs, Records) and inputs.columns == ["text"] and all(set(r) == {"text"} for r in inputs.rows):
+        # plain lines (a .txt file, a one-column file): the model's own text column, keeping the line numbers
+        records = predictor.as_records([r["text"] for r in inputs.rows])
+        records.source, records.lines = inputs.source, inputs.lines
+    elif isinstance(inputs, Records):
+        records = inputs
+    else:
+        records = predictor.as_records(inputs) if inputs else Records([], "stdin", [], [])
+        records.source = "arguments" if args.texts else "stdin"
+        records.lines = list(range(1, len(records) + 1))
+    numbers = [records.number(i) for i in range(len(records))]
+    ids = [r.get(args.id_column) if isinstance(r, dict) else None for r in records.rows]
+    on_error = "raise" if args.on_error == "fail" else "record"
+    target = Path(args.output) if args.output else None
+    out = _atomic_output(target) if target else None
+    handle = out.open() if out else sys.stdout
+    failed = 0
     try:
-        for pred in predictions:
-            out.write(json.dumps(pred) + "\n")
+        for start in range(0, len(numbers), args.chunk):
+            chunk = records.subset(range(start, min(start + args.chunk, len(numbers))))
+            for k, pred in enumerate(predictor.predict(chunk, batch_size=args.batch_size, on_error=on_error)):
+                i = start + k
+                head = {"row": numbers[i], **({"id": ids[i]} if ids[i] is not None else {})}
+                failed += "error" in pred
+                handle.write(json.dumps({**head, **pred}, ensure_ascii=False, default=str) + "\n")
+            handle.flush()
+        if out:
+            out.commit()
     finally:
-        if args.output:
+        if out:
             out.close()
+    if failed:
+        print(f"warning: {failed} of {len(numbers)} inputs could not be predicted: see the \"error\" field of those "
+              "rows (--on-error fail stops at the first instead)", file=sys.stderr)
     return 0
+
+
+class _atomic_output:
+    """Write to ``target.tmp-PID`` and rename onto ``target`` only when complete: a failed or killed run
+    never leaves a truncated file where a previous complete one was."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.tmp-{__import__('os').getpid()}")
+        self.handle: Any = None
+
+    def open(self) -> Any:
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.tmp, "w", encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"cannot write {self.target}: {err.strerror}") from None
+        return self.handle
+
+    def commit(self) -> None:
+        import os
+
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.target)
+
+    def close(self) -> None:
+        if self.handle and not self.handle.closed:
+            self.handle.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -82,8 +167,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import PACKAGED, resolve_model
 
     if args.artifact:
+        from .api import method_view
+
         manifest = read_manifest(find_artifact(args.artifact))
         view = {k: manifest[k] for k in ("tunelab_version", "strategy", "task", "method", "model_format", "base_model", "metrics", "parameters", "libraries") if k in manifest}
+        if isinstance(view.get("method"), dict):
+            view["method"] = method_view(view["method"])
         print(json.dumps(view, indent=2, default=str))
         return 0
     import torch
@@ -109,36 +198,51 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunelab", description="Pretrained language models as task-level functions.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an unexpected error")
+    reading = argparse.ArgumentParser(add_help=False)
+    reading.add_argument("--format", default="auto", choices=FORMATS,
+                         help="input file format (default: by extension, checked against the content)")
+    reading.add_argument("--encoding", default="utf-8", help="input file encoding (default utf-8)")
+    reading.add_argument("--threads", type=_positive, help="torch CPU threads (default: all cores)")
+    parser = argparse.ArgumentParser(prog="tunelab", description="Pretrained language models as task-level "
+                                     "functions.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="fit from a YAML config (+ key=value overrides): fine-tune, setfit, or "
+    p = sub.add_parser("train", parents=[common], help="fit from a YAML config (+ key=value overrides): fine-tune, setfit, or "
                        "a zero/few-shot prompt artifact (strategy)")
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 method.name=full")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate an artifact on labelled records")
+    p = sub.add_parser("eval", help="evaluate an artifact on labelled records", parents=[common, reading])
     p.add_argument("artifact", help="artifact or run directory")
-    p.add_argument("data", help="labelled records (.csv .tsv .jsonl .json)")
+    p.add_argument("data", help="labelled records (.csv .tsv .jsonl .json, CoNLL columns)")
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin) as JSON lines")
+    p = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin) as JSON lines: one line per "
+                       "input, in order, with its row number", parents=[common, reading])
     p.add_argument("artifact", help="artifact or run directory")
     p.add_argument("texts", nargs="*", help="texts to predict for (classify, tag, summarize, ...)")
-    p.add_argument("--file", help="records file with the training text column(s)")
-    p.add_argument("--output", help="write JSON lines here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--file", help="records file with the training text column(s), or a .txt file of one text per line")
+    p.add_argument("--output", help="write JSON lines here (complete, or not at all) instead of stdout")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--on-error", choices=("record", "fail"), default="record",
+                   help="an input that cannot be predicted: an error record in its place (default), or stop")
+    p.add_argument("--id-column", default="id", help="column copied into each output as its id (default: id)")
+    p.add_argument("--chunk", type=_positive, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo", help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")
+    p = sub.add_parser("demo", parents=[common], help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="versions, packaged models, or an artifact's manifest")
+    p = sub.add_parser("info", parents=[common], help="versions, packaged models, or an artifact's manifest")
     p.add_argument("artifact", nargs="?", help="artifact or run directory to describe")
     p.add_argument("--resolve", action="store_true", help="also dequantize/cache packaged GGUF models now")
     p.set_defaults(func=cmd_info)
@@ -146,7 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {number}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. User mistakes print one ``error:`` line (exit 2); unexpected failures say that they are
+    internal and that ``--debug`` shows the traceback (exit 1)."""
     args = build_parser().parse_args(argv)
     import tunelab  # noqa: F401  (applies the offline default before anything HF is imported)
 
@@ -158,6 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tunelab predict ... | head`
+        return 0
+    except Exception as err:  # noqa: BLE001 - the last line of defence: no traceback unless asked for
+        if args.debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"internal error: {type(err).__name__}: {first}\nthis is a bug in tunelab or a library it uses, not "
+              f"in your input; run the same command with --debug to see the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class DataConfig(_Strict):
     train: str | None = Field(None, description="training records: .csv .tsv .jsonl .json")
     validation: str | None = Field(None, description="validation records; split from train when unset")
     test: str | None = Field(None, description="optional held-out records evaluated at the end")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "conll", "semeval", "text"] = Field(
+        "auto", description="file format of data.train/validation/test; auto: by extension, checked against the "
+        "content (JSON Lines in a .json file, CoNLL columns under any name)")
+    encoding: str = Field("utf-8", description="text encoding of the data files, e.g. utf-8, latin-1, gbk, utf-16")
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="second text for sentence-pair tasks")
     label_column: str = "label"
@@ -142,7 +146,12 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "
                                          "much less memory for long inputs, one extra forward pass per step")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between resumable checkpoints")
-    resume: bool = Field(False, description="continue from output_dir/checkpoint if present")
+    resume: bool = Field(False, description="continue from output_dir/checkpoint.pt (an unfinished run's checkpoint "
+                         "is never discarded silently: without resume it is an error)")
+    discard_checkpoint: bool = Field(False, description="delete an unfinished run's checkpoint in output_dir and start "
+                                     "over")
+    resume_with_changes: bool = Field(False, description="resume although settings that can change half way (learning "
+                                      "rates, weight decay, clipping, evaluation and early stopping) differ")
     class_weights: Literal["balanced"] | dict[str, float] | None = None
     log_every: int = Field(10, ge=1)
     stuck_patience: int = Field(200, ge=10, description="steps of exactly unchanged loss before stopping")

@@ -36,6 +36,7 @@ class Records:
     source: str
     lines: list[int] | None = None  # 1-based file line of each row, when read from a file
     columns: list[str] = field(default_factory=list)
+    index: list[int] | None = None  # each row's position in the records it was taken from (``subset``)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,7 +44,13 @@ class Records:
     def where(self, index: int) -> str:
         if self.lines is not None:
             return f"{self.source} line {self.lines[index]}"
-        return f"{self.source} row {index}"
+        return f"{self.source} row {self.index[index] if self.index is not None else index}"
+
+    def number(self, index: int) -> int:
+        """The row's number for output records: its file line, else its 1-based position in the input."""
+        if self.lines is not None:
+            return self.lines[index]
+        return (self.index[index] if self.index is not None else index) + 1
 
     def subset(self, indices: Iterable[int], source: str | None = None) -> Records:
         idx = list(indices)
@@ -52,16 +59,34 @@ class Records:
             source=source or self.source,
             lines=[self.lines[i] for i in idx] if self.lines is not None else None,
             columns=self.columns,
+            index=[self.index[i] for i in idx] if self.index is not None else idx,
         )
 
 
-def read_records(source: Any, *, name: str | None = None) -> Records:
-    """Read records from a path (.csv/.tsv/.jsonl/.json), a pandas DataFrame, a datasets.Dataset,
-    a list of dicts, or an existing Records."""
+FORMATS = ("auto", "csv", "tsv", "jsonl", "json", "conll", "semeval", "text")
+_TAG = re.compile(r"^(O|[BIESMU][-_][^\s]+|[BIESMU])$")
+
+
+def read_records(source: Any, *, name: str | None = None, format: str = "auto", encoding: str = "utf-8") -> Records:
+    """Read records from a path, a pandas DataFrame, a datasets.Dataset, a list of dicts, or a Records.
+
+    Args:
+        source: what to read.
+        name: how errors name in-memory records (default ``records``).
+        format: for files: ``auto`` (by extension, checked against the content; content decides for unknown
+            extensions when unambiguous), or one of csv, tsv, jsonl, json, conll, semeval, text (one record
+            per line, column ``text``).
+        encoding: for files: the text encoding (``utf-8`` also accepts a byte-order mark; e.g. ``latin-1``,
+            ``gbk``, ``utf-16``).
+
+    Example:
+        >>> read_records([{"text": "fine"}]).rows
+        [{'text': 'fine'}]
+    """
     if isinstance(source, Records):
         return source
     if isinstance(source, (str, Path)):
-        return _read_file(Path(source))
+        return _read_file(Path(source), format, encoding)
     type_name = type(source).__name__
     if type_name == "DataFrame" and hasattr(source, "to_dict"):
         rows = source.to_dict(orient="records")
@@ -81,38 +106,98 @@ def read_records(source: Any, *, name: str | None = None) -> Records:
     )
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
+def _decode(path: Path, encoding: str = "utf-8") -> str:
     try:
-        return raw.decode("utf-8-sig")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from None
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return raw.decode(codec)
+    except LookupError:
+        raise DataError(f"unknown text encoding {encoding!r} for {path} (data.encoding / --encoding); "
+                        "e.g. utf-8, latin-1, gbk, utf-16") from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
-            f"{path} line {line}: not valid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); "
-            "re-save the file as UTF-8"
+            f"{path} line {line}: not valid {encoding.upper() if encoding.lower().startswith('utf') else encoding} (byte {raw[err.start]:#04x} at offset {err.start}); "
+            "set data.encoding (--encoding) to the file's encoding, e.g. latin-1 or gbk"
         ) from None
 
 
-def _read_file(path: Path) -> Records:
+def looks_like_columns(text: str) -> bool:
+    """Token-per-line (CoNLL-style) content: every line is blank, ``-DOCSTART-``, or a token and a tag."""
+    lines = [line.split() for line in text.splitlines()[:2000] if line.strip()]
+    lines = [f for f in lines if f[0] != "-DOCSTART-"]
+    return bool(lines) and all(len(f) >= 2 and _TAG.match(f[-1]) for f in lines)
+
+
+def detect_format(path: Path, text: str) -> str:
+    """The format of a file: its extension, checked against the content; the content alone when the
+    extension says nothing and the content is unambiguous."""
+    suffix = path.suffix.lower()
+    body = text.lstrip("\ufeff").lstrip()
+    first = body.splitlines()[0] if body else ""
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".json":
+        # JSON Lines saved as .json: several objects, one per line.
+        try:
+            json.loads(body)
+            return "json"
+        except json.JSONDecodeError as err:
+            if err.msg == "Extra data" and first.startswith("{"):
+                return "jsonl"
+            return "json"
+    if suffix == ".txt" and SEMEVAL_LINE.match(body):
+        return "semeval"
+    if suffix in COLUMN_SUFFIXES:
+        if suffix == ".txt" and not looks_like_columns(text):
+            return "text"  # one text per line
+        return "conll"
+    # Unknown extension: decide by content where it is unambiguous.
+    if first.startswith(("{", "[")):
+        try:
+            json.loads(body)
+            return "json"
+        except json.JSONDecodeError:
+            if first.startswith("{"):
+                return "jsonl"
+    if SEMEVAL_LINE.match(body):
+        return "semeval"
+    if looks_like_columns(text):
+        return "conll"
+    raise DataError(
+        f"{path}: unsupported file type {suffix or '(none)'}, and its content does not tell the format; set data.format "
+        f"(or --format) to one of {', '.join(FORMATS[1:])}, or rename it with one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def _read_file(path: Path, format: str = "auto", encoding: str = "utf-8") -> Records:
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
-    text = _decode(path)
+    if format not in FORMATS:
+        raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}")
+    text = _decode(path, encoding)
     if not text.strip():
         raise DataError(f"{path} is empty")
-    if suffix in (".csv", ".tsv"):
-        return _read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
-    if suffix == ".jsonl":
-        return _read_jsonl(path, text)
-    if suffix == ".txt" and SEMEVAL_LINE.match(text.lstrip("\ufeff")):
-        return _read_semeval(path, text)
-    if suffix in COLUMN_SUFFIXES:
-        return _read_token_columns(path, text)
-    return _read_json(path, text)
+    fmt = detect_format(path, text) if format == "auto" else format
+    readers = {"csv": lambda: _read_delimited(path, text, ","), "tsv": lambda: _read_delimited(path, text, "\t"),
+               "jsonl": lambda: _read_jsonl(path, text), "json": lambda: _read_json(path, text),
+               "conll": lambda: _read_token_columns(path, text), "semeval": lambda: _read_semeval(path, text),
+               "text": lambda: _read_text_lines(path, text)}
+    return readers[fmt]()
+
+
+def _read_text_lines(path: Path, text: str) -> Records:
+    """One record per line (column ``text``); a blank line is an empty record, so outputs stay in line."""
+    lines = text.lstrip("\ufeff").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return Records([{"text": line} for line in lines], str(path), list(range(1, len(lines) + 1)), ["text"])
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
@@ -128,21 +213,45 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
         dup = [h for h, n in Counter(header).items() if n > 1]
         raise DataError(f"{path} line 1: duplicate column names {dup}")
     rows, lines = [], []
+    blank: list[int] = []  # blank lines of a one-column file: empty values, kept unless trailing
+    previous_end = reader.line_num
     try:
         for fields in reader:
-            line = reader.line_num
+            line, previous_end = previous_end + 1, reader.line_num  # where this record started
             if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
+                if len(header) == 1:
+                    blank.append(line)
+                continue  # a blank line between records of a several-column file is not a record
+            _check_quotes(path, fields, line, reader.line_num, len(header), delimiter)
             if len(fields) != len(header):
                 raise DataError(
                     f"{path} line {line}: expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
                     + (" — a tab or comma inside the text?" if len(fields) > len(header) else "")
                 )
+            for empty in blank:
+                rows.append({header[0]: ""})
+                lines.append(empty)
+            blank = []
             rows.append(dict(zip(header, fields)))
             lines.append(line)
     except csv.Error as err:
-        raise DataError(f"{path} line {reader.line_num}: {err}") from None
+        raise DataError(f"{path} line {previous_end}: {err}") from None
     return Records(rows, str(path), lines, header)
+
+
+def _check_quotes(path: Path, fields: list[str], first: int, last: int, n_columns: int, delimiter: str) -> None:
+    """A record spread over several lines is fine when a quoted field holds line breaks; it is an
+    unbalanced quote when the swallowed lines look like records of their own."""
+    if last == first:
+        return
+    for field_text in fields:
+        inner = field_text.split("\n")[1:]
+        if any(line.count(delimiter) >= max(1, n_columns - 1) for line in inner) or \
+                (n_columns > 1 and len(fields) != n_columns):
+            raise DataError(
+                f"{path} line {first}: a quote opened on this line is not closed before line {last}, so "
+                f"{last - first + 1} lines were read as one field; close the quote or double it (\"\") inside "
+                "quoted text")
 
 
 SEMEVAL_LINE = re.compile(r'\s*\d+\t"')

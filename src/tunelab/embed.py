@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .models import quiet_loading, resolve_model
+from .models import load_pretrained, quiet_loading, resolve_model
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -35,8 +35,8 @@ class Embedder:
 
         path = resolve_model(str(name_or_path), allow_network=allow_network).path
         with quiet_loading():
-            model = AutoModel.from_pretrained(path)
-        return cls(model.eval(), AutoTokenizer.from_pretrained(path), max_length)
+            model = load_pretrained(AutoModel, path)
+        return cls(model.eval(), load_pretrained(AutoTokenizer, path), max_length)
 
     def embed_batch(self, texts: list[str]) -> torch.Tensor:
         """Differentiable embeddings of one batch (for training)."""

@@ -10,6 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .progress import progress
+
 
 def model_outputs(
     model: torch.nn.Module,
@@ -20,6 +22,7 @@ def model_outputs(
     *,
     per_token: bool = False,
     device: torch.device | str = "cpu",
+    desc: str = "predict",
 ) -> list[np.ndarray]:
     """One output array per feature, in the order given.
 
@@ -33,7 +36,8 @@ def model_outputs(
     results: list[np.ndarray | None] = [None] * len(features)
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
+            starts = range(0, len(order), batch_size)
+            for start in progress(starts, total=len(starts), desc=desc, unit="batch"):
                 chunk = order[start : start + batch_size]
                 batch = collate([features[i] for i in chunk])
                 batch.pop("labels", None)

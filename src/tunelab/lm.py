@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig
-from .models import quiet_loading, resolve_model
+from .models import load_pretrained, quiet_loading, resolve_model
+from .progress import progress as show_progress
 from .prompts import ensure_chat_template
 
 
@@ -45,14 +46,14 @@ def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[t
     path = resolve_model(str(name_or_path), allow_network=allow_network).path
     tokenizer = load_tokenizer(path)
     with quiet_loading():
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = load_pretrained(AutoModelForCausalLM, path)
     return model.eval(), tokenizer
 
 
 def load_tokenizer(path: Any) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     ensure_chat_template(tokenizer)
@@ -127,18 +128,16 @@ def _left_pad(batch_ids: list[list[int]], pad_id: int, positions: bool = False) 
 
 
 def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: GenerateConfig,
-                 progress: bool = False) -> list[str]:
+                 progress: bool = True) -> list[str]:
     """Generate for tokenized prompts: batches of similar length, outputs in input order."""
     if cfg.strategy == "sample" and cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     kwargs = generation_kwargs(cfg, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     results: list[str] = [""] * len(prompts)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(prompts), desc="generate", unit="text", disable=not (progress and sys.stderr.isatty()))
+    starts = range(0, len(order), cfg.batch_size)
     with evaluating(model):
-        for start in range(0, len(order), cfg.batch_size):
+        for start in show_progress(starts, total=len(starts), desc="generate", unit="batch", quiet=not progress):
             chunk = order[start:start + cfg.batch_size]
             batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
             out = model.generate(**batch, **kwargs)
@@ -146,8 +145,6 @@ def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]
             for row, index in enumerate(chunk):
                 text = tokenizer.decode(new[row], skip_special_tokens=True)
                 results[index] = cut_at_stop(text, cfg.stop).strip()
-            bar.update(len(chunk))
-    bar.close()
     return results
 
 
@@ -199,8 +196,9 @@ def continuation_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[
     pairs = list(zip(prompts, continuations))
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
     scores = np.zeros(len(pairs), dtype=np.float64)
+    starts = range(0, len(order), batch_size)
     with evaluating(model):
-        for start in range(0, len(order), batch_size):
+        for start in show_progress(starts, total=len(starts), desc="score", unit="batch"):
             chunk = order[start:start + batch_size]
             batch = _left_pad([pairs[i][0] + pairs[i][1] for i in chunk], tokenizer.pad_token_id, positions=True)
             keep = max(len(pairs[i][1]) for i in chunk) + 1
@@ -222,8 +220,9 @@ def next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[li
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
     wanted = torch.as_tensor(token_ids)
+    starts = range(0, len(order), batch_size)
     with evaluating(model):
-        for start in range(0, len(order), batch_size):
+        for start in show_progress(starts, total=len(starts), desc="score", unit="batch"):
             chunk = order[start:start + batch_size]
             batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id, positions=True)
             logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotFoundError
 from .offline import allow_network_now, network_allowed_by_env
@@ -110,8 +111,8 @@ def dequantized_gguf(gguf_path: Path) -> Path:
 
     # dequantize=True: otherwise the model stays marked as quantized and can be neither saved nor trained.
     kwargs = {"gguf_file": gguf_path.name, "quantization_config": GgufConfig(dequantize=True)}
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **kwargs)
+    tokenizer = load_pretrained(AutoTokenizer, str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = load_pretrained(AutoModelForCausalLM, str(gguf_path.parent), **kwargs)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
@@ -128,6 +129,35 @@ def dequantized_gguf(gguf_path: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def load_pretrained(loader: Any, path: Any, **kwargs: Any) -> Any:
+    """Load ``path`` with ``loader`` (a transformers class) without ever running code shipped with the files.
+
+    Model folders and artifacts can carry Python files (``auto_map`` in a config); transformers would run
+    them, or ask on stdin whether to. tunelab always passes ``trust_remote_code=False``, so nothing is
+    asked and nothing runs; a folder that cannot load without its own code is refused with a clear error.
+
+    Args:
+        loader: a transformers Auto class or model class (anything with ``from_pretrained``).
+        path: the local folder (or, with the network allowed, a hub id).
+        **kwargs: passed through (``config=``, ``gguf_file=``, ...).
+
+    Example:
+        >>> from transformers import AutoTokenizer                                # doctest: +SKIP
+        >>> tok = load_pretrained(AutoTokenizer, resolve_model("minilm").path)       # doctest: +SKIP
+    """
+    try:
+        return loader.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err) or "custom code" in str(err):
+            raise ModelNotFoundError(
+                f"{path} needs to run Python code shipped with its files (auto_map) to load; tunelab never runs "
+                "code from model or artifact files. Use a model whose architecture transformers knows."
+            ) from None
+        raise
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot load {path}: {str(err).strip().splitlines()[0][:300]}") from None
 
 
 class quiet_loading:

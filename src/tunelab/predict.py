@@ -18,11 +18,11 @@ from .artifact import find_artifact, read_manifest
 from .data import Records, read_records
 from .errors import ArtifactError, DataError
 from .inference import model_outputs
-from .models import quiet_loading, resolve_model
+from .models import load_pretrained, quiet_loading, resolve_model
 from .tasks import TASKS
 
 
-def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any) -> torch.nn.Module:
+def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any, allow_network: bool = False) -> torch.nn.Module:
     """Rebuild the trained model: full weights load directly; an adapter goes on top of its base model."""
     model_dir = artifact_dir / "model"
     if manifest["model_format"] == "full":
@@ -31,10 +31,39 @@ def load_model(artifact_dir: Path, manifest: dict[str, Any], task: Any) -> torch
     import peft
 
     base = manifest["base_model"]
-    resolved = resolve_model(base["name"], allow_network=bool(base.get("allow_network")))
+    resolved = resolve_model(base["name"], allow_network=allow_network)  # the caller's word, never the manifest's
     model, _ = task.build_model(resolved.path, dropout=None)
     with quiet_loading():
-        return peft.PeftModel.from_pretrained(model, model_dir)
+        return peft.PeftModel.from_pretrained(model, model_dir, trust_remote_code=False)
+
+
+def predict_each(predict: Any, records: Records, on_error: str = "raise") -> list[dict[str, Any]]:
+    """``predict(records)`` with one output per input, in order, whatever the inputs hold.
+
+    An input the task cannot read raises a DataError naming its row (``on_error="raise"``), or becomes
+    ``{"error": message}`` in its place (``"record"``). Bad rows are found by halving the failing batch, so
+    the good rows are still predicted together; tasks reject bad rows while encoding, before the model runs.
+    """
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', not {on_error!r}")
+    if on_error == "raise":
+        return predict(records)
+    results: dict[int, dict[str, Any]] = {}
+
+    def run(idx: list[int]) -> None:
+        if not idx:
+            return
+        try:
+            results.update(zip(idx, predict(records.subset(idx))))
+        except DataError as err:
+            if len(idx) == 1:
+                results[idx[0]] = {"error": str(err)}
+                return
+            run(idx[: len(idx) // 2])
+            run(idx[len(idx) // 2:])
+
+    run(list(range(len(records))))
+    return [results[i] for i in range(len(records))]
 
 
 def collate_for(task: Any, tokenizer: Any) -> Any:
@@ -53,38 +82,55 @@ class Predictor:
         self._collate = collate_for(task, tokenizer)
 
     @classmethod
-    def load(cls, path: str | Path) -> Any:
+    def load(cls, path: str | Path, *, allow_network: bool = False, threads: int | None = None) -> Any:
         """Load from an artifact directory (or a run directory containing ``artifact/``).
 
+        Every file is checked against the sha256 its manifest recorded; nothing in an artifact can run code
+        or turn the network on: only ``allow_network=True`` here lets a hub-id base model download.
         Zero-/few-shot and SetFit artifacts load as their own predictors with the same ``predict`` and
-        ``evaluate`` (and ``stream`` for generation)."""
+        ``evaluate`` (and ``stream`` for generation).
+
+        Args:
+            path: the artifact directory, or a run directory that holds ``artifact/``.
+            allow_network: let a base model named by a hub id download (off by default).
+            threads: torch CPU threads for prediction (default: torch's, all cores).
+
+        Example:
+            >>> Predictor.load("runs/demo", threads=1).predict(["fine"])     # doctest: +SKIP
+        """
         from transformers import AutoTokenizer
 
+        if threads:
+            torch.set_num_threads(int(threads))
         artifact_dir = find_artifact(path)
         manifest = read_manifest(artifact_dir)
-        strategy = manifest.get("strategy", "finetune")
-        if strategy in ("zero_shot", "few_shot"):
-            from .strategies import load_prompted
+        try:
+            strategy = manifest.get("strategy", "finetune")
+            if strategy in ("zero_shot", "few_shot"):
+                from .strategies import load_prompted
 
-            return load_prompted(artifact_dir, manifest)
-        if strategy == "setfit":
-            from .strategies import load_setfit
+                return load_prompted(artifact_dir, manifest, allow_network)
+            if strategy == "setfit":
+                from .strategies import load_setfit
 
-            return load_setfit(artifact_dir, manifest)
-        task_name = manifest["task"]["name"]
-        if task_name not in TASKS:
-            raise ArtifactError(f"{artifact_dir}: task {task_name!r} is not known to this tunelab version")
-        task = TASKS[task_name](manifest["task"]["state"])
-        tokenizer = AutoTokenizer.from_pretrained(artifact_dir / "tokenizer")
-        model = load_model(artifact_dir, manifest, task)
+                return load_setfit(artifact_dir, manifest)
+            task_name = manifest["task"]["name"]
+            if task_name not in TASKS:
+                raise ArtifactError(f"{artifact_dir}: task {task_name!r} is not known to this tunelab version")
+            task = TASKS[task_name](manifest["task"]["state"])
+            tokenizer = load_pretrained(AutoTokenizer, artifact_dir / "tokenizer")
+            model = load_model(artifact_dir, manifest, task, allow_network)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ArtifactError(f"{artifact_dir}/manifest.json is not a valid tunelab manifest: field {err} is "
+                                "missing or has the wrong type") from None
         return cls(model, tokenizer, task, manifest, artifact_dir)
 
     @property
     def labels(self) -> list[str]:
         return list(self.task.labels)
 
-    def _records(self, inputs: Any) -> Records:
-        """Plain texts, token lists (NER), (text, pair) tuples, dicts, a DataFrame or a file -> Records."""
+    def as_records(self, inputs: Any) -> Records:
+        """Inputs as the Records ``predict`` reads: plain texts, token lists (NER), (text, pair) tuples, dicts, a DataFrame or a file -> Records."""
         s = self.task.state
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -111,13 +157,21 @@ class Predictor:
                             "(data.text_pair_column); this one takes single texts")
         raise DataError(f"cannot predict for a {type(item).__name__}: give texts, dicts, a DataFrame or a file")
 
-    def predict(self, inputs: str | Sequence[Any] | Any, batch_size: int = 64) -> list[dict[str, Any]]:
+    def predict(self, inputs: str | Sequence[Any] | Any, batch_size: int = 64, on_error: str = "raise") -> list[dict[str, Any]]:
         """Predict for texts, (text, pair) tuples, dicts with the training columns, a DataFrame or a file.
 
-        Returns one dict per input: ``label`` and ``score`` (plus ``scores`` per label); ``labels`` for
-        multi-label; ``score`` for regression.
+        Args:
+            inputs: what to predict for.
+            batch_size: inputs run through the model together.
+            on_error: ``"raise"``: an input that cannot be predicted (an empty text, a missing column) raises
+                a DataError naming its row; ``"record"``: it gets ``{"error": ...}`` in its place.
+
+        Returns one dict per input, in order: ``label`` and ``score`` (plus ``scores`` per label); ``labels``
+        for multi-label; ``score`` for regression; entities, answers or text for the other tasks.
         """
-        records = self._records(inputs)
+        return predict_each(lambda recs: self._predict_records(recs, batch_size), self.as_records(inputs), on_error)
+
+    def _predict_records(self, records: Records, batch_size: int) -> list[dict[str, Any]]:
         if not len(records):
             return []
         if hasattr(self.task, "evaluate_model"):  # generation: the prediction is generated text
@@ -133,7 +187,7 @@ class Predictor:
 
         if not hasattr(self.task, "evaluate_model"):
             raise DataError("stream is for generation tasks (summarization, translation, dialogue)")
-        return generation_stream(self.model, self.tokenizer, self.task, self._records(text))
+        return generation_stream(self.model, self.tokenizer, self.task, self.as_records(text))
 
     def _outputs(self, features: list[dict[str, Any]], batch_size: int) -> list[Any]:
         return model_outputs(self.model, features, self._collate, batch_size, self.task.extract, per_token=self.task.per_token)

@@ -2,12 +2,13 @@
 on pairs drawn from the k labelled examples (same label -> cosine 1, different -> 0), then fit a
 logistic-regression head on the tuned embeddings.
 
-The head is stored as plain numbers (JSON), the encoder as safetensors: nothing is pickled.
+The head is stored as plain numbers (JSON), the encoder as safetensors: no file of it can run code.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 import sys
 import time
 from typing import Any
@@ -42,6 +43,18 @@ def sample_pairs(labels: list[int], pairs_per_example: int, seed: int, max_pairs
     return pairs
 
 
+def pair_count(labels: list[int], cfg: SetFitConfig) -> int:
+    """How many pairs ``contrastive_tune`` trains on (``sample_pairs`` per epoch, without building them)."""
+    n = len(labels)
+    positives = sum(c * (c - 1) // 2 for c in Counter(labels).values())
+    sides = [size for size in (positives, n * (n - 1) // 2 - positives) if size]
+    if not sides:
+        return 0
+    per_side = max(max(sides), -(-cfg.pairs_per_example * n // len(sides)))
+    per_side = min(per_side, max(1, cfg.max_pairs // len(sides)))
+    return cfg.epochs * per_side * len(sides)
+
+
 def contrastive_tune(embedder: Embedder, texts: list[str], labels: list[int], cfg: SetFitConfig, seed: int) -> dict[str, float]:
     """Cosine-similarity loss on sampled pairs (SetFit's default body training); returns timings."""
     torch.manual_seed(seed)
@@ -53,11 +66,12 @@ def contrastive_tune(embedder: Embedder, texts: list[str], labels: list[int], cf
     from transformers import get_scheduler
 
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(0.1 * steps), num_training_steps=steps)
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     started = time.perf_counter()
     losses = []
-    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="setfit", unit="step", disable=not sys.stderr.isatty()):
+    for start in progress(range(0, len(pairs), cfg.batch_size), total=steps, desc=f"setfit ({len(pairs):,} pairs)",
+                          unit="step"):
         batch = pairs[start:start + cfg.batch_size]
         a = embedder.embed_batch([texts[i] for i, _, _ in batch])
         b = embedder.embed_batch([texts[j] for _, j, _ in batch])

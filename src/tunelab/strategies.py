@@ -26,33 +26,44 @@ from .config import GENERATION_TASKS, Config
 from .data import Records, read_records
 from .errors import ConfigError, DataError
 from .metrics import scalar_metrics
-from .models import ResolvedModel, quiet_loading
+from .models import ResolvedModel, load_pretrained, quiet_loading
 
 
 def is_causal_lm(path: Any) -> bool:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    config = load_pretrained(AutoConfig, path)
     archs = " ".join(getattr(config, "architectures", None) or [])
     return "CausalLM" in archs or (not getattr(config, "is_encoder_decoder", False)
                                    and config.model_type in ("llama", "mistral", "qwen2", "gpt2", "phi3", "gemma"))
 
 
-def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> str:
-    """``auto``: no labelled data -> zero_shot (causal LMs); classification with at most ``few_shot_limit`` examples in
-    its smallest class -> few-shot (setfit on an encoder, in-context on a causal LM); else finetune."""
+def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> tuple[str, str]:
+    """``auto``: the strategy for this data and model, and why (one sentence, printed by ``fit``).
+
+    No labelled data -> zero_shot (a causal LM; an encoder falls through to finetune, whose error says
+    that training data is missing). Single-label classification where the typical class has at most
+    ``few_shot_limit`` examples (the median class count; one rare class in a large set does not count)
+    -> few-shot: setfit on an encoder, in-context on a causal LM. Everything else -> finetune.
+    """
     if cfg.strategy != "auto":
-        return cfg.strategy
+        return cfg.strategy, "set in the config"
     if train is None or not len(train):
-        # Without labels only a causal LM can do anything; for an encoder, fall through to finetune,
-        # whose error says that training data is missing.
-        return "zero_shot" if is_causal_lm(model_path) else "finetune"
+        if is_causal_lm(model_path):
+            return "zero_shot", "no labelled data and a causal LM"
+        return "finetune", "an encoder model (it needs labelled data)"
     if cfg.task.name == "classification" and cfg.task.problem_type == "single_label":
         counts = Counter(str(r.get(cfg.data.label_column)).strip() for r in train.rows)
-        if counts and min(counts.values()) <= cfg.few_shot_limit:
-            return "few_shot" if is_causal_lm(model_path) else "setfit"
-    return "finetune"
-
+        sizes = sorted(counts.values())
+        median = sizes[len(sizes) // 2] if sizes else 0
+        described = f"{len(train):,} labelled examples in {len(counts)} classes, median {median} per class"
+        if counts and median <= cfg.few_shot_limit:
+            causal = is_causal_lm(model_path)
+            return ("few_shot" if causal else "setfit"), \
+                f"{described} (<= few_shot_limit {cfg.few_shot_limit}): few-shot " + \
+                ("in-context prompting of the causal LM" if causal else "SetFit-style contrastive tuning")
+        return "finetune", f"{described} (> few_shot_limit {cfg.few_shot_limit})"
+    return "finetune", f"{len(train):,} labelled examples for {cfg.task.name}"
 
 
 # ---- zero-shot / few-shot -------------------------------------------------------------------------------
@@ -94,7 +105,7 @@ class PromptPredictor:
     def labels(self) -> list[str]:
         return list(getattr(self.task, "labels", []))
 
-    def _records(self, inputs: Any) -> Records:
+    def as_records(self, inputs: Any) -> Records:
         s = self.task.state
         col = s.get("text_column", "text")
         if isinstance(inputs, str):
@@ -106,10 +117,14 @@ class PromptPredictor:
             return Records([{col: t} for t in inputs], "inputs", None, [col])
         return read_records(inputs, name="inputs")
 
-    def predict(self, inputs: Any, batch_size: int | None = None) -> list[dict[str, Any]]:
-        """One dict per input: ``label``/``score``/``scores`` (classification), ``entities`` +
-        ``unparsed`` (extraction), or ``text`` (generation)."""
-        records = self._records(inputs)
+    def predict(self, inputs: Any, batch_size: int | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+        """One dict per input, in order: ``label``/``score``/``scores`` (classification), ``entities`` +
+        ``unparsed`` (extraction), or ``text`` (generation). ``on_error`` as in ``Predictor.predict``."""
+        from .predict import predict_each
+
+        return predict_each(self._predict_records, self.as_records(inputs), on_error)
+
+    def _predict_records(self, records: Records) -> list[dict[str, Any]]:
         if not len(records):
             return []
         if hasattr(self.task, "predict_records"):
@@ -118,7 +133,7 @@ class PromptPredictor:
         return generation_predict(self.model, self.tokenizer, self.task, records)
 
     def stream(self, text: Any) -> Any:
-        return generation_stream(self.model, self.tokenizer, self.task, self._records(text))
+        return generation_stream(self.model, self.tokenizer, self.task, self.as_records(text))
 
     def evaluate(self, data: Any, batch_size: int | None = None) -> dict[str, Any]:
         records = read_records(data)
@@ -163,8 +178,7 @@ def fit_prompted(cfg: Config, resolved: ResolvedModel, strategy: str, train: Rec
         "tunelab_version": __version__, "strategy": strategy,
         "task": {"name": cfg.task.name, "kind": prompted_kind(prompted), "state": prompted.state},
         "model_format": "none",
-        "base_model": {"name": cfg.model, "source": resolved.source, "path": str(resolved.path),
-                       "allow_network": cfg.allow_network},
+        "base_model": {"name": cfg.model, "source": resolved.source, "path": str(resolved.path)},
         "config": cfg.to_dict(),
     }
     live = PromptPredictor(model, tokenizer, prompted, manifest_base)
@@ -185,7 +199,7 @@ def fit_prompted(cfg: Config, resolved: ResolvedModel, strategy: str, train: Rec
     return Run(artifact_dir, val_metrics, test_metrics, None, {"trainable": 0, "total": total}, [], live)
 
 
-def load_prompted(artifact_dir: Path, manifest: dict[str, Any]) -> PromptPredictor:
+def load_prompted(artifact_dir: Path, manifest: dict[str, Any], allow_network: bool = False) -> PromptPredictor:
     from .lm import load_causal_lm
     from .prompting import PromptClassifier, PromptExtractor
     from .tasks.generation import GenerationTask
@@ -197,8 +211,9 @@ def load_prompted(artifact_dir: Path, manifest: dict[str, Any]) -> PromptPredict
 
         raise ArtifactError(f"{artifact_dir}: prompted task kind {kind!r} is not known to this tunelab version")
     base = manifest["base_model"]
-    model, tokenizer = load_causal_lm(base["name"], allow_network=bool(base.get("allow_network")))
-    return PromptPredictor(model, tokenizer, kinds[kind](manifest["task"]["state"]), manifest, artifact_dir)
+    model, tokenizer = load_causal_lm(base["name"], allow_network=allow_network)  # the caller's word, not the file's
+    state = {**manifest["task"]["state"], "allow_network": allow_network}
+    return PromptPredictor(model, tokenizer, kinds[kind](state), manifest, artifact_dir)
 
 
 # ---- SetFit-style ----------------------------------------------------------------------------------------
@@ -215,12 +230,16 @@ class SetFitPredictor:
     def labels(self) -> list[str]:
         return list(self.state["labels"])
 
-    def _texts(self, inputs: Any) -> tuple[list[str], Records | None]:
+    def as_records(self, inputs: Any) -> Records:
         if isinstance(inputs, str):
-            return [inputs], None
+            inputs = [inputs]
         if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str):
-            return list(inputs), None
-        records = read_records(inputs, name="inputs")
+            col = self.state["text_column"]
+            return Records([{col: t} for t in inputs], "inputs", None, [col])
+        return read_records(inputs, name="inputs")
+
+    def _texts(self, inputs: Any) -> tuple[list[str], Records]:
+        records = self.as_records(inputs)
         col = self.state["text_column"]
         texts = []
         for i, row in enumerate(records.rows):
@@ -235,8 +254,14 @@ class SetFitPredictor:
 
         return head_probs(self.state["head"], self.embedder.encode(texts), len(self.labels))
 
-    def predict(self, inputs: Any, batch_size: int | None = None) -> list[dict[str, Any]]:
-        texts, _ = self._texts(inputs)
+    def predict(self, inputs: Any, batch_size: int | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+        """One dict per input, in order: ``label``, ``score``, ``scores``. ``on_error`` as in ``Predictor.predict``."""
+        from .predict import predict_each
+
+        return predict_each(self._predict_records, self.as_records(inputs), on_error)
+
+    def _predict_records(self, records: Records) -> list[dict[str, Any]]:
+        texts, _ = self._texts(records)
         if not texts:
             return []
         probs = self.probabilities(texts)
@@ -287,7 +312,11 @@ def fit_setfit(cfg: Config, resolved: ResolvedModel, train: Records, validation:
         raise DataError(f"{train.source}: labels {unknown} are not in task.labels {labels}")
     y = [labels.index(n) for n in names]
     embedder = Embedder.load(resolved.path, max_length=cfg.setfit.max_length)
-    print(f"setfit: {len(texts)} examples, {len(labels)} labels", file=sys.stderr)
+    from .setfit import pair_count
+
+    n_pairs = pair_count(y, cfg.setfit)
+    print(f"setfit: {len(texts)} examples, {len(labels)} labels -> {n_pairs:,} contrastive pairs, "
+          f"{-(-n_pairs // cfg.setfit.batch_size):,} steps of batch {cfg.setfit.batch_size}", file=sys.stderr)
     timing = contrastive_tune(embedder, texts, y, cfg.setfit, cfg.train.seed)
     head = fit_head(embedder.encode(texts), y, cfg.setfit.head_c, cfg.train.seed)
     state = {"labels": labels, "text_column": d.text_column, "label_column": d.label_column, "head": head,
@@ -296,8 +325,7 @@ def fit_setfit(cfg: Config, resolved: ResolvedModel, train: Records, validation:
         "tunelab_version": __version__, "strategy": "setfit",
         "task": {"name": "classification", "kind": "SetFit", "state": state},
         "model_format": "encoder",
-        "base_model": {"name": cfg.model, "source": resolved.source, "path": str(resolved.path),
-                       "allow_network": cfg.allow_network},
+        "base_model": {"name": cfg.model, "source": resolved.source, "path": str(resolved.path)},
         "config": cfg.to_dict(),
     }
     live = SetFitPredictor(embedder, state, manifest_base)
@@ -326,7 +354,7 @@ def load_setfit(artifact_dir: Path, manifest: dict[str, Any]) -> SetFitPredictor
     from .embed import Embedder
 
     with quiet_loading():
-        model = AutoModel.from_pretrained(artifact_dir / "model")
+        model = load_pretrained(AutoModel, artifact_dir / "model")
     state = manifest["task"]["state"]
-    embedder = Embedder(model.eval(), AutoTokenizer.from_pretrained(artifact_dir / "tokenizer"), state["max_length"])
+    embedder = Embedder(model.eval(), load_pretrained(AutoTokenizer, artifact_dir / "tokenizer"), state["max_length"])
     return SetFitPredictor(embedder, state, manifest, artifact_dir)

@@ -23,7 +23,15 @@ from typing import Any, Callable
 import torch
 
 from .batching import epoch_batches
-from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, trainable_state
+from .checkpoint import (
+    fingerprint_changes,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    trainable_state,
+    unchangeable,
+)
 from .config import TrainConfig
 from .errors import ConfigError, TrainingError
 from .inference import model_outputs
@@ -50,6 +58,9 @@ class LoopInputs:
     after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
     tracker_config: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = None  # for tasks that evaluate by generating text
+    resume_from: dict[str, Any] | None = None  # a checkpoint checked by ``resume_checkpoint``
+    resume_changes: list[str] = field(default_factory=list)  # allowed setting changes since that checkpoint
+    fingerprint: dict[str, str] = field(default_factory=dict)  # ``checkpoint.training_fingerprint`` of the run
 
 
 @dataclass
@@ -138,6 +149,41 @@ def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str
     return task.compute_metrics(outputs, features)
 
 
+def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, str]) -> tuple[dict[str, Any] | None, list[str]]:
+    """Decide, before any long work, what to do with ``run_dir/checkpoint.pt``: returns the checkpoint to
+    resume from (or None) and the setting changes allowed since it was made.
+
+    A checkpoint is never thrown away silently: without ``train.resume`` it is an error unless
+    ``train.discard_checkpoint`` says to delete it. Resuming with different settings names the fields and
+    stops, unless every change is one that can take effect half way and ``train.resume_with_changes`` is set.
+    """
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        return None, []
+    if cfg.discard_checkpoint:
+        path.unlink()
+        print(f"note: deleted {path} of an unfinished run (train.discard_checkpoint=true)", file=sys.stderr)
+        return None, []
+    ckpt = load_checkpoint(run_dir)
+    step = f"step {ckpt['loop'].get('step')} of {ckpt.get('total_steps')}" if ckpt else "an earlier step"
+    if not cfg.resume:
+        raise TrainingError(
+            f"{run_dir} holds a checkpoint of an unfinished run ({step}): set train.resume=true to continue it, "
+            "or train.discard_checkpoint=true to delete it and start over")
+    changes = fingerprint_changes(ckpt.get("fingerprint") or {}, fingerprint)
+    if not changes:
+        return ckpt, []
+    fixed = unchangeable(changes)
+    if fixed or not cfg.resume_with_changes:
+        hint = ("these define the run and cannot change half way; restore them, or set "
+                "train.discard_checkpoint=true to start over" if fixed else
+                "set train.resume_with_changes=true to continue with the new values, or restore them")
+        shown = fixed or changes
+        raise TrainingError(f"cannot resume from {path}: the config differs from the checkpoint's in "
+                            f"{len(shown)} field(s): " + "; ".join(shown[:8]) + f". {hint}")
+    return ckpt, changes
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -171,21 +217,31 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                           "bad_evals": 0, "history": [], "evals": [], "train_seconds": 0.0,
                           "samples_seen": 0, "tokens_seen": 0, "stopped_early": False}
     best_state: dict[str, torch.Tensor] | None = None
-    if cfg.resume:
-        ckpt = load_checkpoint(inp.run_dir)
-        if ckpt is not None:
-            if ckpt.get("total_steps") != total_steps:
-                raise TrainingError(
-                    f"cannot resume from {inp.run_dir}/checkpoint.pt: it was made for {ckpt.get('total_steps')} "
-                    f"steps, this config gives {total_steps}; use the same data and train settings"
-                )
+    ckpt = inp.resume_from
+    if ckpt is not None:
+        if ckpt.get("total_steps") != total_steps:
+            raise TrainingError(
+                f"cannot resume from {inp.run_dir}/checkpoint.pt: it was made for {ckpt.get('total_steps')} "
+                f"steps, this config gives {total_steps}; use the same data and train settings"
+            )
+        fresh = [(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in optimizer.param_groups]
+        try:
             accelerator.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            restore_rng_states(ckpt["rng"])
-            st = ckpt["loop"]
-            best_state = ckpt.get("best_state")
-            print(f"resuming from {inp.run_dir}/checkpoint.pt at step {st['step']}/{total_steps}", file=sys.stderr)
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise TrainingError(f"cannot resume from {inp.run_dir}/checkpoint.pt: it does not fit this model "
+                                f"({str(err).splitlines()[0][:200]}); set train.discard_checkpoint=true to start over") from None
+        if inp.resume_changes:  # train.resume_with_changes: the new learning rates / decay apply from here on
+            scheduler.base_lrs = [lr for lr, _ in fresh]
+            for group, (lr, decay), factor in zip(optimizer.param_groups, fresh, scheduler.lr_lambdas):
+                group["initial_lr"], group["weight_decay"] = lr, decay
+                group["lr"] = lr * factor(scheduler.last_epoch)
+            print("resuming with changed settings: " + "; ".join(inp.resume_changes), file=sys.stderr)
+        restore_rng_states(ckpt["rng"])
+        st = ckpt["loop"]
+        best_state = ckpt.get("best_state")
+        print(f"resuming from {inp.run_dir}/checkpoint.pt at step {st['step']}/{total_steps}", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
@@ -299,6 +355,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                     "model": trainable_state(accelerator.unwrap_model(model)),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states(), "loop": st, "best_state": best_state, "total_steps": total_steps,
+                    "fingerprint": inp.fingerprint,
                 })
             if last_step or st["stopped_early"]:
                 done = True

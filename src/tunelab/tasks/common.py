@@ -16,7 +16,7 @@ def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **co
     """``auto_class.from_pretrained`` with config updates (labels, problem type) and an optional dropout
     override; returns the model and the names of its newly initialised (head) modules, which must always
     train and always be saved."""
-    from ..models import quiet_loading
+    from ..models import load_pretrained, quiet_loading
 
     config = config_with_dropout(model_path, dropout)
     for key, value in config_updates.items():
@@ -25,7 +25,7 @@ def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **co
         eos = config.eos_token_id
         config.pad_token_id = eos[0] if isinstance(eos, list) else eos  # decoder LMs pool at the last non-pad token
     with quiet_loading():  # tunelab reports the new head itself
-        model, info = auto_class.from_pretrained(model_path, config=config, output_loading_info=True)
+        model, info = load_pretrained(auto_class, model_path, config=config, output_loading_info=True)
     head = sorted({key.split(".")[0] for key in info["missing_keys"]}) or ["classifier"]
     return model, head
 
@@ -34,7 +34,9 @@ def config_with_dropout(model_path: Any, dropout: float | None) -> Any:
     """The model's config, with every dropout probability it has set to ``dropout`` (None: unchanged)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path)
+    from ..models import load_pretrained
+
+    config = load_pretrained(AutoConfig, model_path)
     if dropout is not None:
         for key in DROPOUT_KEYS:
             if hasattr(config, key):

@@ -257,12 +257,12 @@ class GenerationTask:
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
         from transformers import AutoModelForCausalLM
 
-        from ..models import quiet_loading
+        from ..models import load_pretrained, quiet_loading
         from .common import config_with_dropout
 
         config = config_with_dropout(model_path, dropout)
         with quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(model_path, config=config)
+            model = load_pretrained(AutoModelForCausalLM, model_path, config=config)
         # Training forwards need no KV cache, and with one transformers ignores packed position ids
         # (attention would leak across packed examples). generate() still caches via generation_config.
         model.config.use_cache = False

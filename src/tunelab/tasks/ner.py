@@ -46,10 +46,37 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
 WORD_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}\w]|[^\W{_CJK}]+")
 
 
-def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Words and their character offsets in ``text``."""
-    matches = list(WORD_RE.finditer(text))
+def split_words(text: str, pattern: str | None = None) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words and their character offsets in ``text``; ``pattern`` is the training data's word convention
+    (``word_pattern``), the default splits every punctuation mark off."""
+    matches = list((re.compile(pattern) if pattern else WORD_RE).finditer(text))
     return [m.group() for m in matches], [(m.start(), m.end()) for m in matches]
+
+
+def word_pattern(tokens: list[str], min_count: int = 2) -> str | None:
+    """The word-splitting convention of pre-split training tokens, as a regex for raw text at prediction.
+
+    Punctuation that the training data keeps inside words stays inside them: a mark that starts tokens
+    before letters or digits (``@user``, ``#tag``) and a mark that joins letters or digits (``New-York``,
+    ``U.S``, ``don't``), each seen at least ``min_count`` times. Without any, the default split (every
+    punctuation mark a word of its own) already matches, and None is returned.
+    """
+    alnum = rf"[^\W{_CJK}]"
+    prefix: Counter[str] = Counter()
+    inner: Counter[str] = Counter()
+    for tok in tokens:
+        if len(tok) < 2:
+            continue
+        if re.match(rf"[^\s\w{_CJK}]{alnum}", tok):
+            prefix[tok[0]] += 1
+        for m in re.finditer(rf"(?<={alnum})([^\s\w{_CJK}])(?={alnum})", tok):
+            inner[m.group(1)] += 1
+    pre = "".join(sorted(re.escape(c) for c, n in prefix.items() if n >= min_count))
+    inn = "".join(sorted(re.escape(c) for c, n in inner.items() if n >= min_count))
+    if not pre and not inn:
+        return None
+    word = (f"[{pre}]?" if pre else "") + f"{alnum}+" + (f"(?:[{inn}]{alnum}+)*" if inn else "")
+    return rf"[{_CJK}]|{word}|[^\s{_CJK}\w]"
 
 
 CASE_MARKERS = ["[CAP]", "[UP]"]
@@ -114,13 +141,16 @@ class NerTask:
                         raise DataError(f"{train.where(i)}, field {d.tags_column!r}: {err}") from None
             state["tag_scheme"] = detect_scheme(tag_lists)
         examples = probe._examples(train, with_labels=True, scheme=state["tag_scheme"])
-        kinds = Counter(split_tag(tag)[1] for ex in examples for tag in ex["tags"] if tag != "O")
+        kinds = Counter(kind for ex in examples for kind, _, _ in spans(ex["tags"]))  # entities, not tags
         if not kinds:
             raise DataError(f"{train.source}: no entities in the training data (every tag is O)")
         types = sorted(kinds)
         state["labels"] = ["O"] + [f"{p}-{k}" for k in types for p in ("B", "I")]
         state["entity_counts"] = dict(sorted(kinds.items()))
         state["tag_counts"] = dict(Counter(tag for ex in examples for tag in ex["tags"]))
+        # Raw text at prediction is split into words the way the training tokens were.
+        state["word_pattern"] = word_pattern([w for ex, row in zip(examples, train.rows)
+                                              if d.tokens_column in row for w in ex["words"]])
         return cls(state)
 
     def stratify_keys(self, records: Records) -> None:
@@ -181,7 +211,7 @@ class NerTask:
         text = row[s["text_column"]]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{records.where(i)}, field {s['text_column']!r}: empty text")
-        words, offsets = split_words(text)
+        words, offsets = split_words(text, s.get("word_pattern"))
         ex: dict[str, Any] = {"words": words, "offsets": offsets, "text": text}
         if with_labels:
             entities = row.get(s["entities_column"])

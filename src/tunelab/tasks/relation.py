@@ -234,13 +234,13 @@ class RelationTask:
         from safetensors.torch import load_file
         from transformers import AutoModel
 
-        from ..models import quiet_loading
+        from ..models import load_pretrained, quiet_loading
         from .common import config_with_dropout
 
         config = config_with_dropout(model_path, dropout)
         with quiet_loading():
-            encoder = AutoModel.from_pretrained(model_path, config=config, add_pooling_layer=False) \
-                if config.model_type == "bert" else AutoModel.from_pretrained(model_path, config=config)
+            encoder = load_pretrained(AutoModel, model_path, config=config, add_pooling_layer=False) \
+                if config.model_type == "bert" else load_pretrained(AutoModel, model_path, config=config)
             if encoder.get_input_embeddings().num_embeddings != self.state["vocab_size"]:
                 encoder.resize_token_embeddings(self.state["vocab_size"], mean_resizing=False)
         head_dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
