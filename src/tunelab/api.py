@@ -134,6 +134,7 @@ def _fit_locked(cfg: Config, resolved: Any, run_dir: Path, train: Any, validatio
     resume_from, resume_changes = resume_checkpoint(run_dir, cfg.train, fingerprint)  # before any long work
     task_cls = TASKS[cfg.task.name]
     task = task_cls.from_training_data(cfg, train_records)
+    task.class_weights(cfg.train.class_weights)  # a bad weights spec fails now, not after tokenizing
     val_records = _records_for("validation", validation, cfg)
     if val_records is None:
         train_records, val_records = split_validation(train_records, cfg.data.validation_fraction, cfg.train.seed,

@@ -263,7 +263,14 @@ def _positive(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. User mistakes print one ``error:`` line (exit 2); unexpected failures say that they are
     internal and that ``--debug`` shows the traceback (exit 1)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Positional lists (texts, overrides) may continue after an option: `predict ART --threads 1 "text"`.
+    rest = "texts" if hasattr(args, "texts") else "overrides" if hasattr(args, "overrides") else None
+    if extra and rest and not any(e.startswith("-") for e in extra):
+        setattr(args, rest, [*getattr(args, rest), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     import tunelab  # noqa: F401  (applies the offline default before anything HF is imported)
 
     try:

@@ -324,7 +324,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, raw = pair.split("=", 1)
         if not key:
             raise ConfigError(f"override {pair!r} has an empty key")
-        result[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            result[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:  # not a YAML value (e.g. `prompt.template=Label: {text}`): the text as given
+            result[key.strip()] = raw
     return result
 
 

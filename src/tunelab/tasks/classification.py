@@ -45,6 +45,9 @@ class ClassificationTask:
             "max_length": d.max_length,
             "threshold": cfg.task.threshold,
         }
+        require_column(train, d.text_column, "input text", "data.text_column")
+        if d.text_pair_column:
+            require_column(train, d.text_pair_column, "second text of the pair", "data.text_pair_column")
         require_column(train, d.label_column, "labels", "data.label_column")
         if cfg.task.problem_type != "regression":
             seen: Counter[str] = Counter()
