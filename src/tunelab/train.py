@@ -145,7 +145,8 @@ def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str
     ``evaluate_model``; ``full=False`` (during training) lets them score a cheaper subset."""
     if hasattr(task, "evaluate_model"):
         return task.evaluate_model(model, tokenizer, features, collate, batch_size, device, full=full)
-    outputs = model_outputs(model, features, collate, batch_size, task.extract, per_token=task.per_token, device=device)
+    outputs = model_outputs(model, features, collate, batch_size, task.extract, per_token=task.per_token, device=device,
+                            desc="evaluate")
     return task.compute_metrics(outputs, features)
 
 
