@@ -55,20 +55,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush one file or folder to disk (folders: their entries, so a rename is durable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
     """Flush every file and folder under ``root`` to disk, so a rename that follows publishes complete files."""
     for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)) + [root]:
-        flags = os.O_RDONLY
-        try:
-            fd = os.open(path, flags)
-        except OSError:  # pragma: no cover
-            continue
-        try:
-            os.fsync(fd)
-        except OSError:  # pragma: no cover - some file systems refuse fsync on folders
-            pass
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def is_tunelab_artifact(path: Path) -> bool:

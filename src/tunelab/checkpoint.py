@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .artifact import fsync_path
 from .errors import TrainingError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -87,19 +88,6 @@ def unchangeable(changes: list[str]) -> list[str]:
     return [c for c in changes if c.split(":", 1)[0] not in CHANGEABLE_FIELDS]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / CHECKPOINT_NAME
@@ -110,7 +98,7 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-        _fsync_dir(run_dir)
+        fsync_path(run_dir)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         from .errors import disk_error

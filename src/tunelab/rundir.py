@@ -66,9 +66,9 @@ def tidy_run_dir(run_dir: Path, artifact_name: str = "artifact") -> list[str]:
         if not target.exists() and (previous / "manifest.json").is_file():
             os.replace(previous, target)
             actions.append(f"recovered {target} from {old.name}, left there by a save that was interrupted")
-        shutil.rmtree(old, ignore_errors=True)
-        if not any("recovered" in a and old.name in a for a in actions):
+        else:
             actions.append(f"removed {old.name}, an old copy kept during an interrupted save")
+        shutil.rmtree(old, ignore_errors=True)
     for tmp in sorted(run_dir.glob(f".{artifact_name}.tmp-*")):
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else 0
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
