@@ -195,6 +195,8 @@ BAD_OVERRIDES = [
     (["train.optimizer=adam"], ["train.optimizer"]),
     (["model=/nonexistent/model"], ["/nonexistent/model", "allow_network"]),
     (["train.resume=perhaps"], ["train.resume"]),
+    (["train.discard_checkpoint=maybe"], ["train.discard_checkpoint"]),
+    (["train.resume_with_changes=[1]"], ["train.resume_with_changes"]),
 ]
 
 

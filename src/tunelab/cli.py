@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         records.source = "arguments" if args.texts else "stdin"
         records.lines = list(range(1, len(records) + 1))
     numbers = [records.number(i) for i in range(len(records))]
-    ids = [r.get(args.id_column) if isinstance(r, dict) else None for r in records.rows]
+    ids = [r.get(args.id_column) for r in records.rows]
     on_error = "raise" if args.on_error == "fail" else "record"
     target = Path(args.output) if args.output else None
     out = _atomic_output(target) if target else None
@@ -129,7 +130,7 @@ class _atomic_output:
 
     def __init__(self, target: Path):
         self.target = target
-        self.tmp = target.with_name(f".{target.name}.tmp-{__import__('os').getpid()}")
+        self.tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         self.handle: Any = None
 
     def open(self) -> Any:
@@ -141,8 +142,6 @@ class _atomic_output:
         return self.handle
 
     def commit(self) -> None:
-        import os
-
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
@@ -161,8 +160,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import os
-
     from .artifact import find_artifact, library_versions, read_manifest
     from .models import PACKAGED, resolve_model
 
