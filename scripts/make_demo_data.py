@@ -1,4 +1,4 @@
-"""Writes the small sentiment sample that ships with tunelab (src/tunelab/data/demo_sentiment.jsonl).
+"""Writes the small sentiment sample that ships with tunelab (src/tunelab/_resources/demo_sentiment.jsonl).
 
 Hand-written fragments combined with a fixed seed: subjects from three domains (films, restaurants,
 products), positive and negative predicates, and some contrastive sentences whose label follows the

@@ -46,7 +46,7 @@ def test_bad_config_value_gives_one_clear_error(tiny_bert: Path, tmp_path: Path,
     config = _write(tmp_path, tiny_bert)
     assert main(["train", str(config), "method.name=lorra"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: invalid config") and "method.name" in err and "'prefix_tuning'" in err
+    assert err.startswith("error: invalid config") and "method.name: unknown method 'lorra'" in err and "prefix_tuning" in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

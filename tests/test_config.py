@@ -6,7 +6,7 @@ import tunelab
 from tunelab.config import build_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src" / "tunelab" / "data" / "demo.yaml"]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + [ROOT / "src" / "tunelab" / "_resources" / "demo.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -21,21 +21,22 @@ def test_there_are_example_configs() -> None:
 
 
 def test_overrides_map_onto_fields() -> None:
-    cfg = load_config(None, ["method.name=full", "train.epochs=2", "train.class_weights=balanced", "method.peft={bias: all}"])
-    assert cfg.method.name == "full" and cfg.train.epochs == 2.0
+    cfg = load_config(None, ["method.name=lora", "train.epochs=2", "train.class_weights=balanced", "method.peft={bias: all}"])
+    assert cfg.method.name == "lora" and cfg.train.epochs == 2.0
     assert cfg.train.class_weights == "balanced" and cfg.method.peft == {"bias": "all"}
 
 
 def test_shorthands_and_keyword_overrides() -> None:
-    cfg = build_config({"task": "classification", "method": "ia3"}, train__batch_size=4, method__num_virtual_tokens=5)
-    assert cfg.method.name == "ia3" and cfg.train.batch_size == 4 and cfg.method.num_virtual_tokens == 5
+    cfg = build_config({"task": "classification", "method": "prompt_tuning"}, train__batch_size=4,
+                       method__num_virtual_tokens=5)
+    assert cfg.method.name == "prompt_tuning" and cfg.train.batch_size == 4 and cfg.method.num_virtual_tokens == 5
 
 
 def test_bad_value_names_field_and_allowed_values() -> None:
     with pytest.raises(tunelab.ConfigError) as err:
         build_config({"method": {"name": "loraa"}})
     text = str(err.value)
-    assert "method.name" in text and "'lora'" in text and "'prefix_tuning'" in text and "loraa" in text
+    assert "method.name: unknown method 'loraa'" in text and "lora, adalora" in text and "prefix_tuning" in text
 
 
 def test_unknown_field_is_reported() -> None:
@@ -62,9 +63,23 @@ def test_bad_yaml_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
-def test_merge_only_for_lora() -> None:
-    with pytest.raises(tunelab.ConfigError, match="merge applies to lora"):
+def test_each_method_takes_only_its_own_options() -> None:
+    with pytest.raises(tunelab.ConfigError, match=r"method\.merge: unknown field"):
         build_config({"method": {"name": "ia3", "merge": True}})
+    with pytest.raises(tunelab.ConfigError, match=r"method\.r: unknown field"):
+        build_config({"method": {"name": "full", "r": 4}})
+    assert build_config({"method": {"name": "lora", "r": 4}}).method.r == 4
+
+
+def test_each_task_takes_only_its_own_options_and_columns() -> None:
+    with pytest.raises(tunelab.ConfigError, match=r"task\.stride: unknown field"):
+        build_config({"task": {"name": "classification", "stride": 4}})
+    with pytest.raises(tunelab.ConfigError, match=r"data\.tags_column: unknown field"):
+        build_config({"task": "qa", "data": {"tags_column": "t"}})
+    cfg = build_config({"task": {"name": "ner", "stride": 4}, "data": {"tags_column": "t"}})
+    assert (cfg.task.stride, cfg.data.tags_column) == (4, "t")
+    with pytest.raises(tunelab.ConfigError, match=r"task.name: unknown task 'nr'; known: classification, ner"):
+        build_config({"task": "nr"})
 
 
 def test_public_api_is_complete() -> None:

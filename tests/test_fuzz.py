@@ -311,7 +311,7 @@ def test_eval_text_output_shows_per_class_scores(artifact: Path, tmp_path: Path,
 
 
 def test_unexpected_errors_say_internal_and_debug_shows_traceback(artifact: Path, capsys, monkeypatch) -> None:
-    import tunelab.predict as predict
+    import tunelab.predictor as predict
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
@@ -342,13 +342,15 @@ ARTIFACT_TAMPERING = [
      ["records no sha256", "model/"]),
     ("sha_type", lambda a: _tamper_manifest(a, lambda m: {**m, "sha256": ["x"]}), ["'sha256'"]),
     ("unknown_task", lambda a: _tamper_manifest(a, lambda m: {**m, "task": {"name": "astrology", "state": {}}}),
-     ["astrology", "not known"]),
+     ["unknown task 'astrology'", "TUNELAB_PLUGINS"]),
     ("task_state_missing", lambda a: _tamper_manifest(a, lambda m: {**m, "task": {"name": "classification"}}),
      ["not a valid tunelab manifest"]),
     ("task_wrong_type", lambda a: _tamper_manifest(a, lambda m: {**m, "task": 7}), ["'task'"]),
-    ("prompt_kind", lambda a: _tamper_manifest(a, lambda m: {**m, "strategy": "zero_shot",
-                                                             "task": {"name": "classification", "kind": "Oracle", "state": {}}}),
-     ["Oracle"]),
+    ("unknown_strategy", lambda a: _tamper_manifest(a, lambda m: {**m, "strategy": "oracle"}),
+     ["unknown strategy 'oracle'"]),
+    ("prompt_state_missing", lambda a: _tamper_manifest(a, lambda m: {**m, "strategy": "zero_shot",
+                                                                      "task": {"name": "classification", "state": {}}}),
+     ["not a valid tunelab manifest"]),
     ("weights_bit_flip", lambda a: _flip(a / "model" / "model.safetensors"), ["model.safetensors", "has changed"]),
     ("weights_truncated", lambda a: _truncate(a / "model" / "model.safetensors"), ["model.safetensors", "has changed"]),
     ("tokenizer_removed", lambda a: shutil.rmtree(a / "tokenizer"), ["incomplete", "tokenizer/"]),

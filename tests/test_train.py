@@ -12,7 +12,8 @@ import torch
 
 import tunelab
 from tunelab.config import build_config
-from tunelab.methods import apply_method
+from tunelab.methods import Target
+from tunelab.registry import METHODS
 from tunelab.train import LoopInputs, train_loop
 
 from conftest import sentiment_rows, tiny_config
@@ -73,9 +74,7 @@ def test_gradient_accumulation_is_normalised_over_the_window(tiny_bert: Path, tm
 
 
 def _loop_inputs(tiny_bert: Path, tmp_path: Path, model=None, extra=None, **train) -> LoopInputs:
-    from functools import partial
 
-    from tunelab.batching import pad_batch
     from tunelab.data import read_records
     from tunelab.tasks import ClassificationTask
 
@@ -88,13 +87,17 @@ def _loop_inputs(tiny_bert: Path, tmp_path: Path, model=None, extra=None, **trai
     feats = task.encode(records, tok, with_labels=True)
     if model is None:
         model, _ = task.build_model(tiny_bert, dropout=0.0)
-    return LoopInputs(model=model, task=task, train_features=feats, val_features=feats[:4],
-                      collate=partial(pad_batch, pad_token_id=0, label_dtype=torch.long), train=cfg.train,
-                      learning_rate=1e-3, head_names=["classifier"], run_dir=tmp_path, extra_losses=extra or [])
+    return LoopInputs(model=model, task=task, processor=tok, train_features=feats, val_features=feats[:4],
+                      train=cfg.train, learning_rate=1e-3, head_names=["classifier"], run_dir=tmp_path,
+                      hooks=extra or [])
 
 
 def test_nan_loss_stops_with_clear_message(tiny_bert: Path, tmp_path: Path) -> None:
-    inputs = _loop_inputs(tiny_bert, tmp_path, extra=[lambda m: torch.tensor(float("nan"))])
+    class NanLoss(tunelab.TrainHook):
+        def extra_loss(self, ctx: tunelab.StepContext) -> torch.Tensor:
+            return torch.tensor(float("nan"))
+
+    inputs = _loop_inputs(tiny_bert, tmp_path, extra=[NanLoss()])
     with pytest.raises(tunelab.TrainingError, match=r"loss became nan at step 1: lower train.learning_rate"):
         train_loop(inputs)
 
@@ -112,7 +115,7 @@ def test_stuck_loss_stops(tiny_bert: Path, tmp_path: Path) -> None:
 def test_no_trainable_parameters_is_an_error() -> None:
     method = build_config({"method": "full"}).method
     with pytest.raises(tunelab.TrainingError, match="no trainable parameters"):
-        apply_method(torch.nn.Sequential(), method, "SEQ_CLS", [], 10)
+        METHODS.get("full").adapt(torch.nn.Sequential(), method, Target("SEQ_CLS", [], [], 10))
 
 
 def test_bad_peft_options_are_config_errors(tiny_bert: Path, tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 Three nouns: ``Config`` (what to do), ``fit`` → ``Run`` (do it, get an artifact), ``Predictor``
 (use the artifact). Offline by default: nothing touches the network unless ``allow_network`` is set.
+Tasks, methods and strategies are registered by name; ``register_task``, ``register_method`` and
+``register_strategy`` add your own without editing tunelab.
 
 Example:
     >>> import tunelab
     >>> run = tunelab.fit(model="minilm", method="lora", train="reviews.csv", output_dir="runs/r")  # doctest: +SKIP
-    >>> tunelab.Predictor.load("runs/r").predict(["great plot, fine acting"])                       # doctest: +SKIP
+    >>> tunelab.Predictor.load("runs/r").predict("great plot, fine acting")                          # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
@@ -15,8 +17,8 @@ from .offline import apply_offline_default
 
 apply_offline_default()  # before transformers/huggingface_hub are imported anywhere
 
-from .api import Run, evaluate, fit, summary  # noqa: E402
-from .config import Config, load_config  # noqa: E402
+from . import registry  # noqa: E402
+from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
     ConfigError,
@@ -25,21 +27,37 @@ from .errors import (  # noqa: E402
     TrainingError,
     TunelabError,
 )
-from .predict import Predictor  # noqa: E402
+from .hooks import StepContext, TrainHook  # noqa: E402
+from .methods import Adaptation, register_method  # noqa: E402
+from .tasks import Task, register_task  # noqa: E402
+from .strategies import register_strategy  # noqa: E402
+from .predictor import Predictor  # noqa: E402
+from .api import Run, evaluate, fit, summary  # noqa: E402
 
 __all__ = [
+    "Adaptation",
     "ArtifactError",
     "Config",
     "ConfigError",
+    "DataConfig",
     "DataError",
+    "MethodOptions",
     "ModelNotFoundError",
     "Predictor",
     "Run",
+    "StepContext",
+    "Task",
+    "TaskOptions",
+    "TrainHook",
     "TrainingError",
     "TunelabError",
     "__version__",
     "evaluate",
     "fit",
     "load_config",
+    "register_method",
+    "register_strategy",
+    "register_task",
+    "registry",
     "summary",
 ]

@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import read_records
     from .metrics import scalar_metrics
-    from .predict import Predictor
+    from .predictor import Predictor
 
     records = read_records(_existing(args.data, "data"), format=args.format, encoding=args.encoding)
     metrics = Predictor.load(args.artifact, threads=args.threads).evaluate(records)
@@ -74,12 +74,12 @@ def _predict_inputs(args: argparse.Namespace) -> Any:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data import Records
-    from .predict import Predictor
+    from .predictor import Predictor
 
     inputs = _predict_inputs(args)
     predictor = Predictor.load(args.artifact, threads=args.threads)
     if args.stream:
-        if not hasattr(predictor, "stream") or args.file:
+        if args.file:
             raise InputError("--stream works for generation artifacts with texts given as arguments or on stdin")
         for text in inputs:
             for piece in predictor.stream(text):
@@ -164,21 +164,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import PACKAGED, resolve_model
 
     if args.artifact:
-        from .api import method_view
-
         manifest = read_manifest(find_artifact(args.artifact))
-        view = {k: manifest[k] for k in ("tunelab_version", "strategy", "task", "method", "model_format", "base_model", "metrics", "parameters", "libraries") if k in manifest}
-        if isinstance(view.get("method"), dict):
-            view["method"] = method_view(view["method"])
-        print(json.dumps(view, indent=2, default=str))
+        keys = ("tunelab_version", "strategy", "task", "method", "model_format", "base_model", "metrics", "parameters",
+                "libraries")
+        print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=2, default=str))
         return 0
     import torch
+
+    from .registry import METHODS, STRATEGIES, TASKS, load_plugins
 
     print("tunelab", library_versions().get("tunelab"))
     for pkg, version in library_versions().items():
         print(f"  {pkg:<13} {version}")
     print(f"torch threads: {torch.get_num_threads()}, cuda: {torch.cuda.is_available()}")
     print(f"network: {'allowed' if os.environ.get('HF_HUB_OFFLINE') in ('0', None) else 'off (HF_HUB_OFFLINE=1)'}")
+    load_plugins()
+    print(f"tasks: {', '.join(TASKS.names())}\nmethods: {', '.join(METHODS.names())}\n"
+          f"strategies: {', '.join(STRATEGIES.names())}")
     print("packaged models:")
     for name, info in PACKAGED.items():
         try:
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Positional lists (texts, overrides) may continue after an option: `predict ART --threads 1 "text"`.
-    rest = "texts" if hasattr(args, "texts") else "overrides" if hasattr(args, "overrides") else None
+    given = vars(args)
+    rest = "texts" if "texts" in given else "overrides" if "overrides" in given else None
     if extra and rest and not any(e.startswith("-") for e in extra):
         setattr(args, rest, [*getattr(args, rest), *extra])
     elif extra:

@@ -17,69 +17,32 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
-
-METHOD_NAMES = ("full", "lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning")
-
-# Learning rates that work for each method on small encoders; used when train.learning_rate is unset.
-DEFAULT_LEARNING_RATES = {
-    "full": 5e-5,
-    "lora": 1e-3,
-    "adalora": 1e-3,
-    "ia3": 3e-3,
-    "prompt_tuning": 3e-2,
-    "prefix_tuning": 1e-2,
-}
-
+from .registry import METHODS, STRATEGIES, TASKS, load_plugins
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class TaskConfig(_Strict):
-    """Which task and its own options."""
+class TaskOptions(_Strict):
+    """The ``task:`` section every task shares; a task's own options subclass this (``Task.Options``)."""
 
-    name: Literal["classification", "ner", "relation", "qa", "summarization", "translation", "dialogue"] = Field(
-        "classification", description="the task to learn")
+    name: str = Field("classification", description="the task to learn (a registered task name)")
     labels: list[str] | None = Field(None, description="zero-shot: the label names (classification) or entity types "
                                      "(ner) when there is no training data to read them from")
-    problem_type: Literal["single_label", "multi_label", "regression"] = Field(
-        "single_label", description="classification: one label, several labels, or a number per text"
-    )
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: score above which a label is on")
-    tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bmes"] = Field(
-        "auto", description="ner: tag scheme of the data, converted to BIO on reading (auto: detect)"
-    )
-    doc_stride: int | None = Field(None, ge=0, description="qa: tokens shared by consecutive windows of a long "
-                                   "context (default: a quarter of data.max_length)")
-    max_answer_length: int = Field(30, ge=1, description="qa: longest answer in tokens")
-    n_best: int = Field(20, ge=1, description="qa: start/end candidates per window")
-    allow_unanswerable: bool = Field(False, description="qa: SQuAD 2.0 style questions without an answer")
-    negative_label: str = Field("Other", description="relation: the no-relation label, left out of macro-F1")
-    stride: int | None = Field(None, ge=0, description="ner: sub-tokens shared by consecutive windows of a long "
-                               "input (default: a quarter of data.max_length)")
-    case_markers: bool | Literal["auto"] = Field(
-        "auto", description="ner: mark capitalised and all-caps words with two trained marker tokens, giving an "
-        "uncased (lower-casing) tokenizer back the capitalisation cue; auto: on when the tokenizer lower-cases")
-    document_context: bool = Field(False, description="ner: read each sentence inside windows of its document "
-                                   "(consecutive records sharing data.document_column, e.g. CoNLL -DOCSTART- "
-                                   "blocks; records without it are one running text, in order) so neighbouring "
-                                   "sentences give context; predictions and scores stay per record")
-    instruction: str | None = Field(None, description="summarization/translation: the user turn, with a {text} slot "
-                                    "(translation also {source_lang} {target_lang}); a default per task")
-    system_prompt: str | None = Field(None, description="generation: a system turn (default: the chat template's own)")
-    source_lang: str = Field("English", description="translation: source language name used in the instruction")
-    target_lang: str = Field("French", description="translation: target language name used in the instruction")
-    packing: bool = Field(False, description="generation: pack several short examples into one training sequence "
-                          "(attention stays within each example)")
-    eval_generate: int = Field(32, ge=0, description="generation: validation records generated at each evaluation "
-                               "during training for ROUGE/BLEU (0: loss only); the final evaluation generates all")
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        _registered(TASKS, value)
+        return value
 
 
 class DataConfig(_Strict):
-    """Where records come from and which columns hold what."""
+    """The ``data:`` section every task shares; a task's own columns subclass this (``Task.Columns``)."""
 
     train: str | None = Field(None, description="training records: .csv .tsv .jsonl .json")
     validation: str | None = Field(None, description="validation records; split from train when unset")
@@ -89,36 +52,20 @@ class DataConfig(_Strict):
         "content (JSON Lines in a .json file, CoNLL columns under any name)")
     encoding: str = Field("utf-8", description="text encoding of the data files, e.g. utf-8, latin-1, gbk, utf-16")
     text_column: str = "text"
-    text_pair_column: str | None = Field(None, description="second text for sentence-pair tasks")
-    label_column: str = "label"
-    label_separator: str = Field("|", description="multi_label: separator when labels come as one string")
-    tokens_column: str = Field("tokens", description="ner: pre-split tokens (a list per record)")
-    tags_column: str = Field("tags", description="ner: one tag per token")
-    entities_column: str = Field("entities", description="ner: character-offset entities for raw text_column")
-    document_column: str = Field("document", description="ner: which document a record belongs to (CoNLL files "
-                                 "with -DOCSTART- lines get it on reading); used by task.document_context")
-    question_column: str = "question"
-    context_column: str = "context"
-    answers_column: str = "answers"
-    target_column: str = Field("target", description="summarization/translation: the reference output text")
-    reference_columns: list[str] | None = Field(None, description="generation: several reference columns for "
-                                                "evaluation (multi-reference ROUGE/BLEU), e.g. [summary1, summary2]")
-    messages_column: str = Field("messages", description="dialogue: a list of {role, content} turns")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
 
 
-class MethodConfig(_Strict):
-    """How the pretrained weights adapt. Unnamed peft options go in ``peft`` and pass straight through."""
+class MethodOptions(_Strict):
+    """The ``method:`` section; each method's own options subclass this (see ``tunelab.methods``)."""
 
-    name: Literal["full", "lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning"] = "lora"
-    r: int = Field(8, ge=1, description="lora/adalora rank")
-    alpha: int = Field(16, ge=1, description="lora/adalora scaling numerator")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="lora/adalora dropout")
-    target_modules: list[str] | str | None = Field(None, description="modules to adapt; peft's default if unset")
-    num_virtual_tokens: int = Field(20, ge=1, description="prompt/prefix tuning length")
-    merge: bool = Field(False, description="lora: merge the adapter into the base weights when saving")
-    peft: dict[str, Any] = Field(default_factory=dict, description="extra fields for the peft config")
+    name: str = Field("lora", description="how the weights adapt (a registered method name)")
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        _registered(METHODS, value)
+        return value
 
 
 class TrainConfig(_Strict):
@@ -202,23 +149,29 @@ class SetFitConfig(_Strict):
     max_length: int = Field(128, ge=8)
 
 
-GENERATION_TASKS = ("summarization", "translation", "dialogue")
-STRATEGIES = ("auto", "finetune", "zero_shot", "few_shot", "setfit")
-
-
 class Config(_Strict):
-    """Everything one run needs. See ``configs/`` for examples."""
+    """Everything one run needs. See ``configs/`` for examples.
 
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    The ``task``, ``data`` and ``method`` sections are validated by the chosen task's and method's own
+    models (``Task.Options``, ``Task.Columns``, the method's options), so a field of another task is an
+    error, not silently ignored.
+
+    Example:
+        >>> cfg = Config(task={"name": "ner", "stride": 16}, model="minilm", method="full")
+        >>> type(cfg.task).__name__, cfg.task.stride, cfg.data.tags_column
+        ('NerOptions', 16, 'tags')
+    """
+
+    task: SerializeAsAny[TaskOptions] = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     model: str = Field("minilm", description="'minilm', 'smollm2', a local HF directory, a .gguf file, or a hub id")
     allow_network: bool = Field(False, description="let a hub id download (off: nothing touches the network)")
     output_dir: str = "runs/latest"
-    data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: SerializeAsAny[DataConfig] = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    method: SerializeAsAny[MethodOptions] = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)
-    strategy: Literal["auto", "finetune", "zero_shot", "few_shot", "setfit"] = Field(
+    strategy: str = Field(
         "auto", description="finetune, zero_shot (prompt a causal LM), few_shot (in-context examples), setfit "
-        "(contrastive embeddings + head); auto: from the labelled data and the model")
+        "(contrastive embeddings + head), or another registered strategy; auto: from the labelled data and the model")
     few_shot_limit: int = Field(16, ge=1, description="auto: at most this many labelled examples per class "
                                 "means few-shot (setfit on an encoder, in-context on a causal LM)")
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -227,37 +180,76 @@ class Config(_Strict):
 
     @field_validator("task", mode="before")
     @classmethod
-    def _task_shorthand(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+    def _task_section(cls, value: Any) -> Any:
+        value = {"name": value} if isinstance(value, str) else value
+        if isinstance(value, dict):
+            name = str(value.get("name", "classification"))
+            if not _known(TASKS, name):
+                return TaskOptions.model_validate({"name": name})  # the error names task.name
+            return TASKS.get(name).Options.model_validate(value)
+        return value
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_section(cls, value: Any, info: ValidationInfo) -> Any:
+        task = info.data.get("task")
+        if isinstance(value, dict) or value is None:
+            columns = _registered(TASKS, task.name).Columns if task is not None else DataConfig
+            return columns.model_validate(value or {})
+        return value
 
     @field_validator("method", mode="before")
     @classmethod
-    def _method_shorthand(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+    def _method_section(cls, value: Any) -> Any:
+        value = {"name": value} if isinstance(value, str) else value
+        if isinstance(value, dict):
+            name = str(value.get("name", "lora"))
+            if not _known(METHODS, name):
+                return MethodOptions.model_validate({"name": name})  # the error names method.name
+            return METHODS.get(name).Options.model_validate(value)
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value != "auto":
+            _registered(STRATEGIES, value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.method.merge and self.method.name != "lora":
-            raise ValueError(f"method.merge applies to lora only, not {self.method.name!r}")
         from .prompts import check_template
 
+        task = TASKS.get(self.task.name)
         if self.prompt.template is not None:
-            check_template(self.prompt.template, self.task.name, "prompt.template")
-        if self.task.instruction is not None:
-            check_template(self.task.instruction, self.task.name, "task.instruction")
-        if self.task.name in GENERATION_TASKS and self.strategy in ("few_shot", "setfit"):
-            raise ValueError(f"strategy {self.strategy!r} is for classification; {self.task.name} takes "
-                             "finetune or zero_shot")
-        if self.strategy == "setfit" and self.task.name != "classification":
-            raise ValueError("strategy 'setfit' applies to task classification only")
+            check_template(self.prompt.template, task.prompt_slots, "prompt.template")
+        if self.strategy != "auto" and self.strategy not in task.strategies:
+            raise ValueError(f"strategy {self.strategy!r} is not available for task {self.task.name}; it takes "
+                             + ", ".join(task.strategies))
         return self
 
     @property
     def learning_rate(self) -> float:
-        return self.train.learning_rate or DEFAULT_LEARNING_RATES[self.method.name]
+        """``train.learning_rate``, or the method's default when unset."""
+        return self.train.learning_rate or METHODS.get(self.method.name).default_learning_rate
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _known(registry: Any, name: str) -> bool:
+    """Whether ``name`` is registered (after loading the plug-ins, for a name not registered yet)."""
+    if name not in registry:
+        load_plugins()
+    return name in registry
+
+
+def _registered(registry: Any, name: Any) -> Any:
+    """``registry.get(name)`` with an unknown name reported as a validation error of its field."""
+    try:
+        return registry.get(str(name))
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -284,7 +276,7 @@ def build_config(
     """Validate a dict into a Config, applying ``dotted`` ({"train.epochs": 2}) and keyword
     overrides (``train__epochs=2``, or ``train={"epochs": 2}``)."""
     if isinstance(data, Config):
-        data = data.to_dict()
+        data = data.model_dump(mode="json", exclude_unset=True)  # what was set: a new method.name starts clean
     merged = _deep_copy(data or {})
     for key, value in {**{k.replace("__", "."): v for k, v in overrides.items()}, **(dotted or {})}.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

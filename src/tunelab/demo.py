@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .api import fit, summary
 from .config import load_config
-from .predict import Predictor
+from .predictor import Predictor
 
 DEMO_SENTENCES = [
     "The soundtrack was wonderful and the ending left me smiling.",
@@ -23,11 +23,11 @@ DEMO_SENTENCES = [
 
 
 def demo_data_path() -> Path:
-    return Path(str(resources.files("tunelab") / "data" / "demo_sentiment.jsonl"))
+    return Path(str(resources.files("tunelab") / "_resources" / "demo_sentiment.jsonl"))
 
 
 def demo_config_path() -> Path:
-    return Path(str(resources.files("tunelab") / "data" / "demo.yaml"))
+    return Path(str(resources.files("tunelab") / "_resources" / "demo.yaml"))
 
 
 def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None) -> int:

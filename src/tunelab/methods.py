@@ -1,11 +1,21 @@
-"""How the pretrained weights adapt: ``full`` fine-tuning or a ``peft`` method, chosen by name.
+"""How the pretrained weights adapt: ``full`` fine-tuning or a ``peft`` method, each registered by name.
 
-Each method is a small function that builds the peft config from the few fields a person sets
-(``MethodConfig``) plus ``method.peft``, passed straight through. The task head is always trainable
-and always saved (``modules_to_save``).
+A method is a ``Method``: its options model (the ``method:`` config section), its default learning rate,
+and ``apply``, which wraps the model and returns an ``Adaptation`` (the model to train, whether it is a peft
+model, and any training hooks the method needs, e.g. AdaLoRA's rank allocation). Register your own with
+``register_method``; peft's own methods are a few lines each below (fields tunelab does not name pass
+straight through to peft via ``method.peft``). The task head is always trainable and always saved.
 
-``Adaptation`` also carries the per-step hooks a method needs inside the training loop (AdaLoRA's
-rank reallocation and orthogonality penalty), so the loop stays method-agnostic.
+Example:
+    >>> import tunelab
+    >>> from tunelab.methods import MethodOptions, Adaptation
+    >>> class Frozen(MethodOptions):
+    ...     pass
+    >>> def freeze_encoder(model, options, target):
+    ...     for name, p in model.named_parameters():
+    ...         p.requires_grad_(name.split(".")[0] in target.head)
+    ...     return Adaptation(model, is_peft=False)
+    >>> _ = tunelab.register_method("frozen_encoder", freeze_encoder, options=Frozen, default_learning_rate=1e-3)
 """
 
 from __future__ import annotations
@@ -14,59 +24,215 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from pydantic import Field
 
-from .config import MethodConfig
+from .config import MethodOptions
 from .errors import ConfigError, TrainingError
-
-ExtraLoss = Callable[[torch.nn.Module], torch.Tensor]
+from .hooks import TrainHook
+from .registry import METHODS
 
 
 @dataclass
 class Adaptation:
+    """What a method's ``apply`` returns.
+
+    Args:
+        model: the model to train (the same module, or a peft wrapper).
+        is_peft: saved as a peft adapter on top of the base model (else as full weights).
+        hooks: training hooks the method needs (see ``tunelab.hooks``).
+        merge: fold the adapter into the base weights when saving (lora).
+    """
+
     model: torch.nn.Module
     is_peft: bool
-    extra_losses: list[ExtraLoss] = field(default_factory=list)
-    after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
+    hooks: list[TrainHook] = field(default_factory=list)
+    merge: bool = False
 
 
-def _peft_config(method: MethodConfig, task_type: str | None, head: list[str], total_steps: int,
-                 task_extras: dict[str, Any]) -> Any:
+@dataclass
+class Target:
+    """What a method needs to know about the task's model.
+
+    Args:
+        peft_task_type: peft's TaskType for the task's head (None: a custom head).
+        head: module names of the task's new head (always trained and saved).
+        new_token_ids: ids of added tokens whose embedding rows must train (markers).
+        total_steps: optimizer steps the run will take (AdaLoRA's schedule).
+    """
+
+    peft_task_type: str | None
+    head: list[str]
+    new_token_ids: list[int]
+    total_steps: int
+
+
+Apply = Callable[[torch.nn.Module, Any, Target], Adaptation]
+
+
+@dataclass
+class Method:
+    """A registered method: its options model, default learning rate and ``apply``."""
+
+    name: str
+    apply: Apply
+    Options: type[MethodOptions]
+    default_learning_rate: float
+
+    def adapt(self, model: torch.nn.Module, options: MethodOptions, target: Target) -> Adaptation:
+        """``apply`` plus the check that something will train."""
+        adaptation = self.apply(model, options, target)
+        if sum(p.numel() for p in adaptation.model.parameters() if p.requires_grad) == 0:
+            raise TrainingError(f"method {self.name!r} left no trainable parameters; check its options")
+        return adaptation
+
+
+def register_method(name: str, apply: Apply, *, options: type[MethodOptions] = MethodOptions,
+                    default_learning_rate: float = 5e-5, replace: bool = False) -> Method:
+    """Make ``apply`` available as ``method: {name: <name>, ...}``.
+
+    Args:
+        name: the config name (an identifier).
+        apply: ``apply(model, options, target) -> Adaptation``: adapt ``model`` (set ``requires_grad``, wrap it)
+            given the validated ``options`` and the task's ``Target`` (head names, peft task type, steps).
+        options: a ``MethodOptions`` subclass with the method's own fields.
+        default_learning_rate: used when ``train.learning_rate`` is unset.
+        replace: allow replacing a registered method of the same name.
+
+    Example:
+        >>> register_method("frozen_encoder", freeze_encoder, options=Frozen)   # doctest: +SKIP
+    """
+    if not (isinstance(options, type) and issubclass(options, MethodOptions)):
+        raise ConfigError(f"register_method({name!r}): options must subclass tunelab.methods.MethodOptions")
+    return METHODS.add(name, Method(name, apply, options, default_learning_rate), replace=replace)
+
+
+# ---- full fine-tuning -----------------------------------------------------------------------------------
+def _full(model: torch.nn.Module, options: MethodOptions, target: Target) -> Adaptation:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Adaptation(model, is_peft=False)
+
+
+# ---- peft methods ---------------------------------------------------------------------------------------
+class PeftOptions(MethodOptions):
+    """Options every peft method shares."""
+
+    target_modules: list[str] | str | None = Field(None, description="modules to adapt; peft's default if unset")
+    peft: dict[str, Any] = Field(default_factory=dict, description="extra fields for the peft config")
+
+
+class LoraOptions(PeftOptions):
+    r: int = Field(8, ge=1, description="rank")
+    alpha: int = Field(16, ge=1, description="scaling numerator")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    merge: bool = Field(False, description="merge the adapter into the base weights when saving")
+
+
+class AdaLoraOptions(PeftOptions):
+    r: int = Field(8, ge=1, description="initial rank (the target is half)")
+    alpha: int = Field(16, ge=1, description="scaling numerator")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+
+
+class VirtualTokenOptions(PeftOptions):
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt/prefix tuning length")
+
+
+def _token_rows(options: PeftOptions, target: Target, method: str) -> dict[str, Any]:
+    """Added tokens' embeddings train: only those rows under LoRA, the whole matrix under the others."""
+    if not target.new_token_ids:
+        return {}
+    if method == "lora":
+        return {"trainable_token_indices": {"word_embeddings": list(target.new_token_ids)}}
+    return {"modules_to_save": ["word_embeddings"]}
+
+
+def _peft_adapt(model: torch.nn.Module, name: str, config_cls: str, options: PeftOptions, target: Target,
+                kwargs: dict[str, Any]) -> Adaptation:
     import peft
 
-    common: dict[str, Any] = {"task_type": task_type}
-    extra = {**task_extras, **method.peft}
-    modules_to_save = sorted(set(head) | set(task_extras.get("modules_to_save", [])) | set(method.peft.get("modules_to_save") or []))
-    extra.pop("modules_to_save", None)
-    if method.name == "lora":
-        kwargs = dict(r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
-                      target_modules=method.target_modules, modules_to_save=modules_to_save)
-        cls = peft.LoraConfig
-    elif method.name == "adalora":
-        kwargs = dict(init_r=method.r, target_r=max(1, method.r // 2), lora_alpha=method.alpha,
-                      lora_dropout=method.dropout, target_modules=method.target_modules,
-                      modules_to_save=modules_to_save, total_step=total_steps,
-                      tinit=max(0, total_steps // 10), tfinal=max(0, total_steps // 5))
-        cls = peft.AdaLoraConfig
-    elif method.name == "ia3":
-        kwargs = dict(target_modules=method.target_modules, modules_to_save=modules_to_save)
-        if method.target_modules is not None and "feedforward_modules" not in extra:
-            kwargs["feedforward_modules"] = []
-        cls = peft.IA3Config
-    elif method.name == "prompt_tuning":
-        kwargs = dict(num_virtual_tokens=method.num_virtual_tokens, modules_to_save=modules_to_save)
-        cls = peft.PromptTuningConfig
-    elif method.name == "prefix_tuning":
-        kwargs = dict(num_virtual_tokens=method.num_virtual_tokens, modules_to_save=modules_to_save)
-        cls = peft.PrefixTuningConfig
-    else:  # pragma: no cover - the config's Literal already rejects other names
-        raise ConfigError(f"method.name: unknown method {method.name!r}")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    from .models import quiet_loading
+
+    extras = _token_rows(options, target, name)
+    modules_to_save = sorted(set(target.head) | set(extras.pop("modules_to_save", []))
+                             | set(options.peft.get("modules_to_save") or []))
+    passthrough = {**extras, **{k: v for k, v in options.peft.items() if k != "modules_to_save"}}
+    kwargs = {k: v for k, v in {**kwargs, "modules_to_save": modules_to_save}.items() if v is not None}
+    cls = getattr(peft, config_cls)
     try:
-        return cls(**common, **kwargs, **extra)
+        config = cls(task_type=target.peft_task_type, **kwargs, **passthrough)
     except TypeError as err:
         raise ConfigError(f"method.peft: {err} (fields of peft.{cls.__name__})") from None
     except ValueError as err:
-        raise ConfigError(f"method: peft rejected the {method.name} config: {err}") from None
+        raise ConfigError(f"method: peft rejected the {name} config: {err}") from None
+    try:
+        with quiet_loading():
+            wrapped = peft.get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"method: peft could not apply {name} to this model: {err}") from None
+    return Adaptation(wrapped, is_peft=True)
+
+
+def _lora(model: torch.nn.Module, o: LoraOptions, target: Target) -> Adaptation:
+    adaptation = _peft_adapt(model, "lora", "LoraConfig", o, target, dict(
+        r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules))
+    adaptation.merge = o.merge
+    return adaptation
+
+
+class AdaLoraHook(TrainHook):
+    """AdaLoRA inside tunelab's loop: its orthogonality penalty on P and Q (peft adds it only when it computes
+    the loss itself) and its rank reallocation after each step's clipping."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def extra_loss(self, ctx: Any) -> torch.Tensor:
+        return self.weight * adalora_orthogonality(ctx.model)
+
+    def before_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+        model.base_model.update_and_allocate(step)
+
+
+def _adalora(model: torch.nn.Module, o: AdaLoraOptions, target: Target) -> Adaptation:
+    steps = target.total_steps
+    adaptation = _peft_adapt(model, "adalora", "AdaLoraConfig", o, target, dict(
+        init_r=o.r, target_r=max(1, o.r // 2), lora_alpha=o.alpha, lora_dropout=o.dropout,
+        target_modules=o.target_modules, total_step=steps, tinit=max(0, steps // 10), tfinal=max(0, steps // 5)))
+    adaptation.hooks.append(AdaLoraHook(adaptation.model.peft_config["default"].orth_reg_weight))
+    return adaptation
+
+
+def _ia3(model: torch.nn.Module, o: PeftOptions, target: Target) -> Adaptation:
+    kwargs: dict[str, Any] = {"target_modules": o.target_modules}
+    if o.target_modules is not None and "feedforward_modules" not in o.peft:
+        kwargs["feedforward_modules"] = []
+    return _peft_adapt(model, "ia3", "IA3Config", o, target, kwargs)
+
+
+def _virtual_tokens(config_cls: str, name: str) -> Apply:
+    def apply(model: torch.nn.Module, o: VirtualTokenOptions, target: Target) -> Adaptation:
+        if target.peft_task_type is None:
+            raise ConfigError(f"method.name: {name} needs a task with a standard head (a peft task type); this task "
+                              "has its own head: use full, lora, adalora or ia3")
+        return _peft_adapt(model, name, config_cls, o, target, {"num_virtual_tokens": o.num_virtual_tokens})
+    return apply
+
+
+def adalora_orthogonality(model: torch.nn.Module) -> torch.Tensor:
+    """AdaLoRA's orthogonality penalty on P and Q (as peft adds it when it computes the loss itself;
+    tunelab computes the task loss, so it adds this term explicitly)."""
+    total, count = None, 0
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and p.requires_grad and p.numel() > 0:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
+            term = torch.linalg.matrix_norm(cov - eye)
+            total = term if total is None else total + term
+            count += 1
+    if total is None:
+        return torch.zeros(())
+    return total / count
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
@@ -86,53 +252,20 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer that supports it")
 
 
-def apply_method(model: torch.nn.Module, method: MethodConfig, task_type: str | None, head: list[str], total_steps: int,
-                 task_extras: dict[str, Any] | None = None) -> Adaptation:
-    """Wrap ``model`` for ``method`` and check that something will train. ``task_extras`` are peft fields a
-    task needs (e.g. relation extraction's trainable marker-token rows)."""
-    if method.name == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        adaptation = Adaptation(model, is_peft=False)
-    else:
-        import peft
-
-        from .models import quiet_loading
-
-        config = _peft_config(method, task_type, head, total_steps, task_extras or {})
-        try:
-            with quiet_loading():
-                wrapped = peft.get_peft_model(model, config)
-        except ValueError as err:
-            raise ConfigError(f"method: peft could not apply {method.name} to this model: {err}") from None
-        adaptation = Adaptation(wrapped, is_peft=True)
-        if method.name == "adalora":
-            weight = config.orth_reg_weight
-            adaptation.extra_losses.append(lambda m: weight * adalora_orthogonality(m))
-            adaptation.after_backward.append(lambda m, step: m.base_model.update_and_allocate(step))
-    trainable = sum(p.numel() for p in adaptation.model.parameters() if p.requires_grad)
-    if trainable == 0:
-        raise TrainingError(f"method {method.name!r} left no trainable parameters; check method.target_modules")
-    return adaptation
-
-
-def adalora_orthogonality(model: torch.nn.Module) -> torch.Tensor:
-    """AdaLoRA's orthogonality penalty on P and Q (as peft adds it when it computes the loss itself;
-    tunelab computes the task loss, so it adds this term explicitly)."""
-    total, count = None, 0
-    for name, p in model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and p.requires_grad and p.numel() > 0:
-            cov = p @ p.T if "lora_A" in name else p.T @ p
-            eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
-            term = torch.linalg.matrix_norm(cov - eye)
-            total = term if total is None else total + term
-            count += 1
-    if total is None:
-        return torch.zeros(())
-    return total / count
-
-
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """{"total", "trainable"} parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
+
+
+# Learning rates that work for each method on small encoders (used when train.learning_rate is unset).
+register_method("full", _full, default_learning_rate=5e-5)
+register_method("lora", _lora, options=LoraOptions, default_learning_rate=1e-3)
+register_method("adalora", _adalora, options=AdaLoraOptions, default_learning_rate=1e-3)
+register_method("ia3", _ia3, options=PeftOptions, default_learning_rate=3e-3)
+register_method("prompt_tuning", _virtual_tokens("PromptTuningConfig", "prompt_tuning"), options=VirtualTokenOptions,
+                default_learning_rate=3e-2)
+register_method("prefix_tuning", _virtual_tokens("PrefixTuningConfig", "prefix_tuning"), options=VirtualTokenOptions,
+                default_learning_rate=1e-2)
+

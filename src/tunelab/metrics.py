@@ -94,32 +94,6 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, An
             "per_type": per_type}
 
 
-def relation_metrics(gold: list[str], pred: list[str], negative: str | None) -> dict[str, Any]:
-    """The official SemEval-2010 Task 8 score: per relation type (directions merged for counting), a
-    prediction is correct only if it matches the gold label exactly (type and direction); precision =
-    correct / predicted of that type, recall = correct / gold of that type; macro-F1 = mean F1 over the
-    types present in the gold labels, excluding the negative label (``Other``)."""
-    from .tasks.relation import relation_type
-
-    types = sorted({relation_type(g) for g in gold} - {negative})
-    per: dict[str, dict[str, float]] = {}
-    for kind in types:
-        correct = sum(1 for g, p in zip(gold, pred) if g == p and relation_type(g) == kind)
-        predicted = sum(1 for p in pred if relation_type(p) == kind)
-        actual = sum(1 for g in gold if relation_type(g) == kind)
-        precision = correct / predicted if predicted else 0.0
-        recall = correct / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per[kind] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
-    return {
-        "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 0.0,
-        "macro_precision": float(np.mean([v["precision"] for v in per.values()])) if per else 0.0,
-        "macro_recall": float(np.mean([v["recall"] for v in per.values()])) if per else 0.0,
-        "accuracy": float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else 0.0,
-        "per_type": per,
-    }
-
-
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -163,4 +137,22 @@ def generation_metrics(predictions: list[str], references: list[list[str]]) -> d
     out["chrf"] = float(sacrebleu.corpus_chrf(predictions, streams).score)
     out["samples"] = len(predictions)
     out["scored_on"] = "characters" if chinese else "words"
+    return out
+
+
+def span_metrics(gold: list[set[tuple[str, int, int]]], pred: list[set[tuple[str, int, int]]],
+                 types: list[str]) -> dict[str, Any]:
+    """Strict entity P/R/F1 (exact type and span), micro-averaged, with a per-type report."""
+    def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
+        p = tp / n_pred if n_pred else 0.0
+        r = tp / n_gold if n_gold else 0.0
+        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": n_gold}
+
+    tp = sum(len(g & p) for g, p in zip(gold, pred))
+    out: dict[str, Any] = prf(tp, sum(map(len, pred)), sum(map(len, gold)))
+    out["per_type"] = {}
+    for kind in types:
+        g = [{x for x in s if x[0] == kind} for s in gold]
+        p = [{x for x in s if x[0] == kind} for s in pred]
+        out["per_type"][kind] = prf(sum(len(a & b) for a, b in zip(g, p)), sum(map(len, p)), sum(map(len, g)))
     return out

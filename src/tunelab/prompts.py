@@ -1,12 +1,14 @@
 """Prompt templates: validated slots, task defaults, and rendering through the model's chat template.
 
-A template is a Python format string. Each task allows a fixed set of slots and every template must
-contain ``{text}``; anything else is an error at config time, not a silent KeyError mid-run.
+A template is a Python format string. Each task allows a fixed set of slots (``Task.prompt_slots``) and
+every template must contain ``{text}``; anything else is an error at config time, not a silent KeyError
+mid-run.
 
 Example:
     >>> from tunelab.prompts import check_template
-    >>> check_template("Review: {text}\\nSentiment:", "classification", "prompt.template")
-    >>> check_template("Review: {review}", "classification", "prompt.template")
+    >>> slots = {"text", "text_pair", "labels"}
+    >>> check_template("Review: {text}\\nSentiment:", slots, "prompt.template")
+    >>> check_template("Review: {review}", slots, "prompt.template")
     Traceback (most recent call last):
     ...
     ValueError: prompt.template: unknown slot {review}; allowed: {labels}, {text}, {text_pair}
@@ -16,14 +18,6 @@ from __future__ import annotations
 
 import string
 from typing import Any
-
-SLOTS = {
-    "classification": {"text", "text_pair", "labels"},
-    "ner": {"text", "types"},
-    "summarization": {"text"},
-    "translation": {"text", "source_lang", "target_lang"},
-    "dialogue": {"text"},
-}
 
 DEFAULT_TEMPLATES = {
     "classification": "Classify the text into one of: {labels}.\n\nText: {text}\n\nAnswer with the label only.",
@@ -48,9 +42,8 @@ def template_slots(template: str) -> set[str]:
         raise ValueError(f"not a valid template ({err}); write a literal brace as {{{{ or }}}}") from None
 
 
-def check_template(template: str, task: str, field: str) -> None:
-    """Raise ValueError naming ``field`` if the template lacks {text} or uses a slot the task does not fill."""
-    allowed = SLOTS.get(task, {"text"})
+def check_template(template: str, allowed: set[str] | frozenset[str], field: str) -> None:
+    """Raise ValueError naming ``field`` if the template lacks {text} or uses a slot not in ``allowed``."""
     try:
         slots = template_slots(template)
     except ValueError as err:

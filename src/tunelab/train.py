@@ -7,8 +7,9 @@ step. Every ``eval_every`` steps (default: once an epoch) the model is evaluated
 are kept; early stopping watches the task's primary metric. Checkpoints carry the weights being
 trained, optimizer, scheduler, RNG states and the data position, so a killed run resumes exactly.
 
-Later features plug in without touching this file's shape: ``extra_losses`` (regularisers such as
-EWC), ``after_backward`` hooks (AdaLoRA's rank allocation), and the feature list (replay data).
+New training methods plug in as hooks (``tunelab.hooks.TrainHook``), not as edits of this loop: extra loss
+terms (EWC, AdaLoRA's orthogonality penalty), extra gradients (adversarial perturbation), per-step
+allocation (AdaLoRA), extra training data (replay).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,30 +35,25 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .errors import ConfigError, TrainingError
-from .inference import model_outputs
+from .hooks import StepContext, TrainHook, with_overrides
 from .metrics import scalar_metrics
-
-Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
-
 
 @dataclass
 class LoopInputs:
     """Everything the loop needs, as plain values."""
 
     model: torch.nn.Module
-    task: Any  # a task object: loss_sum, compute_metrics, primary_metric
+    task: Any  # a tunelab.Task: loss_sum, loss_units, feature_length, evaluate_features, primary_metric
+    processor: Any  # the task's input processor (a tokenizer)
     train_features: list[dict[str, Any]]
     val_features: list[dict[str, Any]]
-    collate: Collate
     train: TrainConfig
     learning_rate: float
     head_names: list[str]
     run_dir: Path
     class_weights: torch.Tensor | None = None
-    extra_losses: list[Callable[[torch.nn.Module], torch.Tensor]] = field(default_factory=list)
-    after_backward: list[Callable[[torch.nn.Module, int], None]] = field(default_factory=list)
+    hooks: list[TrainHook] = field(default_factory=list)
     tracker_config: dict[str, Any] = field(default_factory=dict)
-    tokenizer: Any = None  # for tasks that evaluate by generating text
     resume_from: dict[str, Any] | None = None  # a checkpoint checked by ``resume_checkpoint``
     resume_changes: list[str] = field(default_factory=list)  # allowed setting changes since that checkpoint
     fingerprint: dict[str, str] = field(default_factory=dict)  # ``checkpoint.training_fingerprint`` of the run
@@ -139,17 +135,6 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
     return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir))
 
 
-def evaluate_features(model: torch.nn.Module, task: Any, features: list[dict[str, Any]], collate: Collate,
-                      batch_size: int, device: Any, *, tokenizer: Any = None, full: bool = True) -> dict[str, Any]:
-    """The task's metrics on labelled features. Tasks that must generate to be scored provide
-    ``evaluate_model``; ``full=False`` (during training) lets them score a cheaper subset."""
-    if hasattr(task, "evaluate_model"):
-        return task.evaluate_model(model, tokenizer, features, collate, batch_size, device, full=full)
-    outputs = model_outputs(model, features, collate, batch_size, task.extract, per_token=task.per_token, device=device,
-                            desc="evaluate")
-    return task.compute_metrics(outputs, features)
-
-
 def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, str]) -> tuple[dict[str, Any] | None, list[str]]:
     """Decide, before any long work, what to do with ``run_dir/checkpoint.pt``: returns the checkpoint to
     resume from (or None) and the setting changes allowed since it was made.
@@ -200,6 +185,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     cfg = inp.train
     if not inp.train_features:
         raise TrainingError("no training examples after preprocessing: check data.train")
+    for hook in inp.hooks:
+        inp.train_features = hook.training_features(inp.train_features)
+    collate = inp.task.collate(inp.processor)
     accelerator = _make_accelerator(cfg, inp.run_dir)
     device = accelerator.device
     model = inp.model
@@ -211,7 +199,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         accelerator.init_trackers("tunelab", config=_flat(inp.tracker_config))
     weights = inp.class_weights.to(device) if inp.class_weights is not None else None
     metric_name, higher_is_better = inp.task.primary_metric
-    lengths = [len(f["input_ids"]) for f in inp.train_features]
+    lengths = [inp.task.feature_length(f) for f in inp.train_features]
 
     # Loop state: everything a resumed run needs besides weights/optimizer/scheduler/RNG.
     st: dict[str, Any] = {"step": 0, "epoch": 0, "window": 0, "best_metric": None, "best_step": None,
@@ -253,8 +241,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
 
     def run_eval() -> None:
         nonlocal best_state
-        metrics = evaluate_features(model, inp.task, inp.val_features, inp.collate, cfg.eval_batch_size, device,
-                                    tokenizer=inp.tokenizer, full=False)
+        metrics = inp.task.evaluate_features(model, inp.processor, inp.val_features, cfg.eval_batch_size, device,
+                                             full=False)
         value = float(metrics[metric_name])
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
                "metrics": metrics}
@@ -289,16 +277,26 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             started = time.perf_counter()
             step_loss = 0.0
             for micro in window:
-                batch = inp.collate([inp.train_features[i] for i in micro])
-                batch = {k: v.to(device) for k, v in batch.items()}
+                micro_features = [inp.train_features[i] for i in micro]
+                batch = {k: v.to(device) for k, v in collate(micro_features).items()}
                 labels = batch.pop("labels")
-                outputs = model(**batch)
-                loss = inp.task.loss_sum(outputs, labels, weights) / max(window_items, 1)
-                for extra in inp.extra_losses:
-                    loss = loss + extra(model) * (len(micro) / window_examples)
+
+                def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, **overrides: Any) -> torch.Tensor:
+                    outputs = model(**with_overrides(batch, overrides))
+                    return inp.task.loss_sum(outputs, labels, weights) / max(window_items, 1)
+
+                loss = compute_loss()
+                ctx = StepContext(accelerator.unwrap_model(model), batch, labels, st["step"], len(micro) / window_examples,
+                                  compute_loss, accelerator.backward)
+                for hook in inp.hooks:
+                    extra = hook.extra_loss(ctx)
+                    if extra is not None:
+                        loss = loss + extra * ctx.weight
                 accelerator.backward(loss)
+                for hook in inp.hooks:
+                    hook.after_backward(ctx)
                 step_loss += float(loss.detach())
-                st["tokens_seen"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                st["tokens_seen"] += sum(inp.task.feature_length(f) for f in micro_features)
             if not math.isfinite(step_loss):
                 raise TrainingError(
                     f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
@@ -309,8 +307,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             else:
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
-            for hook in inp.after_backward:
-                hook(accelerator.unwrap_model(model), st["step"])
+            for hook in inp.hooks:
+                hook.before_optimizer_step(accelerator.unwrap_model(model), st["step"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -364,6 +362,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             if end_of_epoch:
                 break  # next epoch: new batch order
     bar.close()
+    for hook in inp.hooks:
+        hook.on_train_end(accelerator.unwrap_model(model))
     if cfg.keep_best and best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
     if cfg.track != "none":

@@ -1,19 +1,22 @@
-"""Task registry: one module per task; adding a task is one file plus one line here.
+"""The built-in tasks, registered by name. A task of your own: subclass ``Task`` and ``register_task``.
 
-A task object carries plain-data ``state`` (saved in the artifact) and provides: ``from_training_data``,
-``encode`` (records -> features, the same code at training and prediction time), ``collate``,
-``build_model``, ``loss_sum`` + ``loss_units`` (summed loss and its normaliser), ``extract`` +
-``per_token`` (what inference keeps of the model output), ``decode`` (outputs -> one prediction per
-record), ``compute_metrics`` and ``primary_metric``.
+Example:
+    >>> from tunelab.registry import TASKS
+    >>> TASKS.names()
+    ['classification', 'ner', 'relation', 'qa', 'summarization', 'translation', 'dialogue']
 """
 
+from .base import Task, register_task
 from .classification import ClassificationTask
-from .generation import GenerationTask
+from .generation import DialogueTask, GenerationTask, SummarizationTask, TranslationTask
 from .ner import NerTask
 from .qa import QaTask
 from .relation import RelationTask
 
-TASKS = {"classification": ClassificationTask, "ner": NerTask, "relation": RelationTask, "qa": QaTask,
-         "summarization": GenerationTask, "translation": GenerationTask, "dialogue": GenerationTask}
+for _name, _task in {"classification": ClassificationTask, "ner": NerTask, "relation": RelationTask, "qa": QaTask,
+                     "summarization": SummarizationTask, "translation": TranslationTask,
+                     "dialogue": DialogueTask}.items():
+    register_task(_name, _task)
 
-__all__ = ["TASKS", "ClassificationTask", "GenerationTask", "NerTask", "QaTask", "RelationTask"]
+__all__ = ["ClassificationTask", "DialogueTask", "GenerationTask", "NerTask", "QaTask", "RelationTask",
+           "SummarizationTask", "Task", "TranslationTask", "register_task"]

@@ -8,28 +8,66 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, Field
 
+from .. import metrics as M
 from ..batching import pad_batch
-from ..config import Config
+from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
 from ..errors import DataError
-from .. import metrics as M
+from ..probabilities import sigmoid, softmax
+from .base import Task
 from .common import label_weights
+from .prompted_classification import PromptClassifier
 
 
-class ClassificationTask:
-    name = "classification"
+class ClassificationOptions(TaskOptions):
+    """``task:`` for classification."""
+
+    problem_type: Literal["single_label", "multi_label", "regression"] = Field(
+        "single_label", description="classification: one label, several labels, or a number per text")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: score above which a label is on")
+    system_prompt: str | None = Field(None, description="zero/few-shot: a system turn (default: the chat template's)")
+
+
+class ClassificationColumns(DataConfig):
+    """``data:`` for classification."""
+
+    text_pair_column: str | None = Field(None, description="second text for sentence-pair tasks")
+    label_column: str = "label"
+    label_separator: str = Field("|", description="multi_label: separator when labels come as one string")
+
+
+class ClassPrediction(BaseModel):
+    """One classification prediction: ``label`` + ``score`` (single-label), ``labels`` (multi-label), or
+    ``score`` alone (regression); ``scores`` per label."""
+
+    label: str | None = None
+    labels: list[str] | None = None
+    score: float | None = None
+    scores: dict[str, float] | None = None
+
+
+class ClassificationTask(Task):
+    """Text classification: single-label, multi-label, regression, and sentence pairs."""
+
+    Options = ClassificationOptions
+    Columns = ClassificationColumns
+    Prediction = ClassPrediction
+    Prompted = PromptClassifier
+    strategies = ("finetune", "zero_shot", "few_shot", "setfit")
+    prompt_slots = frozenset({"text", "text_pair", "labels"})
     peft_task_type = "SEQ_CLS"
 
     def __init__(self, state: dict[str, Any]):
-        self.state = state
+        super().__init__(state)
         self.problem_type: str = state["problem_type"]
-        self.labels: list[str] = state.get("labels", [])
         self.label_to_id = {name: i for i, name in enumerate(self.labels)}
 
     # ---- building the label space (training data only) -------------------------------------------
@@ -66,6 +104,18 @@ class ClassificationTask:
             state["target_mean"] = float(values.mean())
             state["target_std"] = float(values.std()) or 1.0
         return cls(state)
+
+    def input_columns(self) -> list[str]:
+        pair = self.state.get("text_pair_column")
+        return [self.state["text_column"]] + ([pair] if pair else [])
+
+    def input_row(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, (tuple, list)):
+            if self.state.get("text_pair_column") and len(item) == 2:
+                return {self.state["text_column"]: item[0], self.state["text_pair_column"]: item[1]}
+            raise DataError("(text, text_pair) inputs need a model trained on sentence pairs "
+                            "(data.text_pair_column); this one takes single texts")
+        return super().input_row(item)
 
     def class_weights(self, spec: str | dict[str, float] | None) -> torch.Tensor | None:
         if self.problem_type == "regression":
@@ -124,20 +174,9 @@ class ClassificationTask:
             hot[self.label_to_id[name]] = 1.0
         return hot
 
-    def collate(self, pad_token_id: int) -> Any:
+    def collate(self, processor: Any) -> Any:
         dtype = torch.long if self.problem_type == "single_label" else torch.float
-        return partial(pad_batch, pad_token_id=pad_token_id, label_dtype=dtype)
-
-    per_token = False
-
-    @staticmethod
-    def extract(outputs: Any) -> torch.Tensor:
-        return outputs.logits
-
-    @staticmethod
-    def loss_units(feature: dict[str, Any]) -> int:
-        """How many terms this feature adds to the loss (the normaliser for gradient accumulation)."""
-        return 1
+        return partial(pad_batch, pad_token_id=processor.pad_token_id or 0, label_dtype=dtype)
 
     # ---- model -----------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[torch.nn.Module, list[str]]:
@@ -177,13 +216,13 @@ class ClassificationTask:
         if self.problem_type == "regression":
             return [{"score": float(v)} for v in self._unscale(logits)]
         if self.problem_type == "multi_label":
-            probs = 1.0 / (1.0 + np.exp(-logits))
+            probs = sigmoid(logits)
             th = self.state["threshold"]
             return [
                 {"labels": [self.labels[j] for j in np.flatnonzero(p >= th)], "scores": dict(zip(self.labels, map(float, p)))}
                 for p in probs
             ]
-        probs = _softmax(logits)
+        probs = softmax(logits)
         return [
             {"label": self.labels[int(p.argmax())], "score": float(p.max()), "scores": dict(zip(self.labels, map(float, p)))}
             for p in probs
@@ -202,14 +241,18 @@ class ClassificationTask:
         if self.problem_type == "single_label":
             return M.single_label_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.labels)
         if self.problem_type == "multi_label":
-            pred = (1.0 / (1.0 + np.exp(-logits)) >= self.state["threshold"]).astype(int)
+            pred = (sigmoid(logits) >= self.state["threshold"]).astype(int)
             return M.multi_label_metrics(pred, labels.astype(int), self.labels)
         return M.regression_metrics(self._unscale(logits), labels.reshape(-1))
 
+    def plots(self, metrics: dict[str, Any], folder: Path) -> list[Path]:
+        from ..plots import confusion_matrix_png
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+        if "confusion_matrix" not in metrics:
+            return []
+        path = folder / "confusion_matrix.png"
+        confusion_matrix_png(metrics["confusion_matrix"], self.labels, path, title="validation confusion matrix")
+        return [path]
 
 
 def _natural_key(name: str) -> tuple[int, float | str]:

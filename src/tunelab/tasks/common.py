@@ -58,9 +58,11 @@ def label_weights(spec: str | dict[str, float] | None, labels: list[str], counts
     return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float)
 
 
-def train_new_tokens(method: str, token_ids: list[int]) -> dict[str, Any]:
-    """peft options that keep added tokens' embeddings (entity or case markers) training: only those rows
-    under LoRA, the whole embedding matrix under the other methods."""
-    if method == "lora":
-        return {"trainable_token_indices": {"word_embeddings": list(token_ids)}}
-    return {"modules_to_save": ["word_embeddings"]}
+def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after content (BERT: [CLS] / [SEP])."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello")["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []

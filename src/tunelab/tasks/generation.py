@@ -11,45 +11,98 @@ from __future__ import annotations
 
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ..config import Config, GenerateConfig
+from .. import metrics as M
+from ..config import Config, DataConfig, GenerateConfig, TaskOptions
 from ..data import Records
 from ..errors import DataError
-from .. import metrics as M
-from ..prompts import DEFAULT_TEMPLATES, ensure_chat_template, fill
+from ..inference import batched
+from ..prompts import DEFAULT_TEMPLATES, check_template, ensure_chat_template, fill
+from .base import Task
 
 ROLES = ("system", "user", "assistant")
 
 
-class GenerationTask:
+class GenerationOptions(TaskOptions):
+    """``task:`` for the generation tasks."""
+
+    instruction: str | None = Field(None, description="the user turn, with a {text} slot (translation also "
+                                    "{source_lang} {target_lang}); a default per task")
+    system_prompt: str | None = Field(None, description="a system turn (default: the chat template's own)")
+    packing: bool = Field(False, description="pack several short examples into one training sequence "
+                          "(attention stays within each example)")
+    eval_generate: int = Field(32, ge=0, description="validation records generated at each evaluation during "
+                               "training for ROUGE/BLEU (0: loss only); the final evaluation generates all")
+
+    @model_validator(mode="after")
+    def _instruction_slots(self) -> GenerationOptions:
+        from ..registry import TASKS
+
+        if self.instruction is not None:
+            try:
+                check_template(self.instruction, TASKS.get(self.name).prompt_slots, "task.instruction")
+            except ValueError as err:
+                raise ValueError(str(err)) from None
+        return self
+
+
+class TranslationOptions(GenerationOptions):
+    """``task:`` for translation."""
+
+    source_lang: str = Field("English", description="source language name used in the instruction")
+    target_lang: str = Field("French", description="target language name used in the instruction")
+
+
+class GenerationColumns(DataConfig):
+    """``data:`` for the generation tasks."""
+
+    target_column: str = Field("target", description="summarization/translation: the reference output text")
+    reference_columns: list[str] | None = Field(None, description="several reference columns for evaluation "
+                                                "(multi-reference ROUGE/BLEU), e.g. [summary1, summary2]")
+    messages_column: str = Field("messages", description="dialogue: a list of {role, content} turns")
+
+
+class GeneratedText(BaseModel):
+    """One generated output."""
+
+    text: str
+
+
+class GenerationTask(Task):
+    """Supervised fine-tuning of a causal LM on chat-formatted records (see the module docstring); the
+    registered tasks are its subclasses ``summarization``, ``translation`` and ``dialogue``."""
+
+    Options = GenerationOptions
+    Columns = GenerationColumns
+    Prediction = GeneratedText
+    strategies = ("finetune", "zero_shot")
     peft_task_type = "CAUSAL_LM"
-    per_token = False
-    labels: list[str] = []
+    primary_metric = ("loss", False)
 
     def __init__(self, state: dict[str, Any]):
-        self.state = state
+        super().__init__(state)
         self.name: str = state["kind"]
         self.generate_config = GenerateConfig(**state.get("generate", {}))
-        self.truncation_notes: list[str] = []
 
     @classmethod
     def from_training_data(cls, cfg: Config, train: Records | None) -> GenerationTask:
-        return cls.from_config(cfg)
+        return cls.from_prompt_config(cfg, train, "finetune")
 
     @classmethod
-    def from_config(cls, cfg: Config) -> GenerationTask:
+    def from_prompt_config(cls, cfg: Config, train: Records | None, strategy: str) -> GenerationTask:
         t, d = cfg.task, cfg.data
         return cls({
             "kind": t.name,
             "instruction": t.instruction or DEFAULT_TEMPLATES.get(t.name),
             "system_prompt": t.system_prompt,
-            "source_lang": t.source_lang,
-            "target_lang": t.target_lang,
+            "source_lang": getattr(t, "source_lang", None),
+            "target_lang": getattr(t, "target_lang", None),
             "text_column": d.text_column,
             "target_column": d.target_column,
             "reference_columns": d.reference_columns,
@@ -60,15 +113,23 @@ class GenerationTask:
             "generate": cfg.generate.model_dump(mode="json"),
         })
 
-    def stratify_keys(self, records: Records) -> None:
-        return None
+    def input_schema(self) -> type[BaseModel]:
+        if self.name != "dialogue":
+            return super().input_schema()
+        return create_model("DialogueInput", __config__=ConfigDict(extra="allow"),
+                            **{self.state["messages_column"]: (list[dict[str, str]], ...)})
 
-    def class_weights(self, spec: Any) -> None:
-        if spec is not None:
-            raise DataError("train.class_weights applies to classification tasks, not generation")
-        return None
+    def input_row(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, str) and self.name == "dialogue":  # a plain string is the user's first turn
+            return {self.state["messages_column"]: [{"role": "user", "content": item}]}
+        return super().input_row(item)
 
-    def prepare_tokenizer(self, tokenizer: Any) -> None:
+    def load_processor(self, path: Any) -> Any:
+        tokenizer = super().load_processor(path)
+        ensure_chat_template(tokenizer)
+        return tokenizer
+
+    def prepare_processor(self, tokenizer: Any) -> None:
         ensure_chat_template(tokenizer)
 
     # ---- records -> conversations -------------------------------------------------------------------
@@ -221,10 +282,9 @@ class GenerationTask:
             shortened += int(cut)
             features.append(feat)
         if shortened:
-            note = (f"{records.source}: {shortened} of {len(records)} records were longer than data.max_length="
-                    f"{self.state['max_length']} tokens; their input was shortened (oldest turns / end of the text)")
-            self.truncation_notes.append(note)
-            print(f"note: {note}", file=sys.stderr)
+            print(f"note: {records.source}: {shortened} of {len(records)} records were longer than data.max_length="
+                  f"{self.state['max_length']} tokens; their input was shortened (oldest turns / end of the text)",
+                  file=sys.stderr)
         return features
 
     def prepare_training_features(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,11 +306,10 @@ class GenerationTask:
             current["examples"] += 1
         return packed
 
-    def collate(self, pad_token_id: int) -> Any:
-        return partial(_collate_causal, pad_token_id=pad_token_id)
+    def collate(self, processor: Any) -> Any:
+        return partial(_collate_causal, pad_token_id=processor.pad_token_id or 0)
 
-    @staticmethod
-    def loss_units(feature: dict[str, Any]) -> int:
+    def loss_units(self, feature: dict[str, Any]) -> int:
         return sum(1 for x in feature["labels"] if x != -100)
 
     # ---- model ----------------------------------------------------------------------------------------
@@ -276,45 +335,80 @@ class GenerationTask:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                ignore_index=-100, reduction="sum")
 
-    @property
-    def primary_metric(self) -> tuple[str, bool]:
-        return ("loss", False)
-
-    # ---- evaluation -------------------------------------------------------------------------------------
-    def evaluate_model(self, model: torch.nn.Module, tokenizer: Any, features: list[dict[str, Any]], collate: Any,
-                       batch_size: int, device: Any, *, full: bool) -> dict[str, Any]:
+    # ---- evaluation and prediction ------------------------------------------------------------------------
+    def evaluate_features(self, model: torch.nn.Module, processor: Any, features: list[dict[str, Any]],
+                          batch_size: int, device: Any = "cpu", *, full: bool = True) -> dict[str, Any]:
         """Reply-token loss (and perplexity) on all features; ROUGE/BLEU/chrF on generated outputs for
         all features (``full``) or the first ``task.eval_generate`` during training."""
-        from ..lm import generate_ids
+        from ..causal_lm import generate_ids
 
-        was_training = model.training
-        model.eval()
-        total, units = 0.0, 0
-        try:
-            with torch.inference_mode():
-                order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-                step = max(1, min(8, batch_size))
-                for start in range(0, len(order), step):
-                    chunk = [features[i] for i in order[start:start + step]]
-                    batch = {k: v.to(device) for k, v in collate(chunk).items()}
-                    labels = batch.pop("labels")
-                    total += float(self.loss_sum(model(**batch), labels, None))
-                    units += sum(self.loss_units(f) for f in chunk)
-        finally:
-            model.train(was_training)
-        loss = total / max(units, 1)
+        collate = self.collate(processor)
+
+        def losses(chunk: list[dict[str, Any]]) -> list[tuple[float, int]]:
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            labels = batch.pop("labels")
+            total = float(self.loss_sum(model(**batch), labels, None))
+            # the batch's summed loss and units go with its first feature (the others add nothing)
+            return [(total, sum(self.loss_units(f) for f in chunk))] + [(0.0, 0)] * (len(chunk) - 1)
+
+        parts = batched(model, features, losses, batch_size=max(1, min(8, batch_size)), length=self.feature_length,
+                        longest_first=False)
+        loss = sum(t for t, _ in parts) / max(sum(u for _, u in parts), 1)
         metrics: dict[str, Any] = {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
         n = len(features) if full else min(len(features), self.state.get("eval_generate", 0))
         if n:
-            outputs = generate_ids(model, tokenizer, [f["prompt_ids"] for f in features[:n]], self.generate_config,
+            outputs = generate_ids(model, processor, [f["prompt_ids"] for f in features[:n]], self.generate_config,
                                    progress=full)
             metrics.update(M.generation_metrics(outputs, [f["references"] for f in features[:n]]))
             metrics["examples"] = [{"prediction": p, "reference": f["references"][0]}
                                    for p, f in zip(outputs[:5], features[:5])]
         return metrics
 
-    def decode_texts(self, texts: list[str]) -> list[dict[str, Any]]:
-        return [{"text": t} for t in texts]
+    def predict_records(self, model: torch.nn.Module, processor: Any, records: Records,
+                        batch_size: int = 16) -> list[dict[str, Any]]:
+        """The generated text for each record (decoding as ``generate`` configures it)."""
+        from ..causal_lm import generate_ids
+
+        if not len(records):
+            return []
+        features = self.encode(records, processor, with_labels=False)
+        return [{"text": t} for t in generate_ids(model, processor, [f["prompt_ids"] for f in features],
+                                                   self.generate_config)]
+
+    def stream(self, model: torch.nn.Module, processor: Any, records: Records) -> Iterator[str]:
+        """The generated text for one record, piece by piece as it is produced."""
+        from ..causal_lm import stream_ids
+
+        if len(records) != 1:
+            raise DataError(f"stream takes one input at a time, got {len(records)}")
+        feature = self.encode(records, processor, with_labels=False)[0]
+        return stream_ids(model, processor, feature["prompt_ids"], self.generate_config)
+
+
+class SummarizationTask(GenerationTask):
+    """Summarization: ``text_column`` -> ``target_column`` through ``task.instruction``."""
+
+    prompt_slots = frozenset({"text"})
+
+
+class TranslationTask(GenerationTask):
+    """Translation: ``text_column`` -> ``target_column``; the instruction names the two languages."""
+
+    Options = TranslationOptions
+    prompt_slots = frozenset({"text", "source_lang", "target_lang"})
+
+
+class DialogueTask(GenerationTask):
+    """Multi-turn dialogue: ``messages_column`` holds ``[{role, content}, ...]``; the reply is learned."""
+
+    prompt_slots = frozenset({"text"})
+
+    def input_columns(self) -> list[str]:
+        return [self.state["messages_column"]]
+
+
+for _task in (SummarizationTask, TranslationTask, DialogueTask):
+    _task.Prompted = _task  # prompting a causal LM is the same task without training
 
 
 def _collate_causal(features: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:

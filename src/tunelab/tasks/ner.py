@@ -27,57 +27,24 @@ import re
 import sys
 from collections import Counter
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..batching import pad_batch
-from ..config import Config
+from ..config import Config, DataConfig, TaskOptions
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
-from .common import label_weights, train_new_tokens
-
-# A word is a run of letters/digits, or one punctuation mark; CJK characters are words of their own
-# (Chinese NER datasets label characters).
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
-WORD_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}\w]|[^\W{_CJK}]+")
-
-
-def split_words(text: str, pattern: str | None = None) -> tuple[list[str], list[tuple[int, int]]]:
-    """Words and their character offsets in ``text``; ``pattern`` is the training data's word convention
-    (``word_pattern``), the default splits every punctuation mark off."""
-    matches = list((re.compile(pattern) if pattern else WORD_RE).finditer(text))
-    return [m.group() for m in matches], [(m.start(), m.end()) for m in matches]
-
-
-def word_pattern(tokens: list[str], min_count: int = 2) -> str | None:
-    """The word-splitting convention of pre-split training tokens, as a regex for raw text at prediction.
-
-    Punctuation that the training data keeps inside words stays inside them: a mark that starts tokens
-    before letters or digits (``@user``, ``#tag``) and a mark that joins letters or digits (``New-York``,
-    ``U.S``, ``don't``), each seen at least ``min_count`` times. Without any, the default split (every
-    punctuation mark a word of its own) already matches, and None is returned.
-    """
-    alnum = rf"[^\W{_CJK}]"
-    prefix: Counter[str] = Counter()
-    inner: Counter[str] = Counter()
-    for tok in tokens:
-        if len(tok) < 2:
-            continue
-        if re.match(rf"[^\s\w{_CJK}]{alnum}", tok):
-            prefix[tok[0]] += 1
-        for m in re.finditer(rf"(?<={alnum})([^\s\w{_CJK}])(?={alnum})", tok):
-            inner[m.group(1)] += 1
-    pre = "".join(sorted(re.escape(c) for c, n in prefix.items() if n >= min_count))
-    inn = "".join(sorted(re.escape(c) for c, n in inner.items() if n >= min_count))
-    if not pre and not inn:
-        return None
-    word = (f"[{pre}]?" if pre else "") + f"{alnum}+" + (f"(?:[{inn}]{alnum}+)*" if inn else "")
-    return rf"[{_CJK}]|{word}|[^\s{_CJK}\w]"
-
+from ..probabilities import softmax
+from .base import Task
+from .common import label_weights, special_tokens_around
+from .prompted_ner import Entity, PromptExtractor
+from .words import _CJK, WORD_RE, join_tokens, split_words, word_pattern  # noqa: F401  (public from here too)
 
 CASE_MARKERS = ["[CAP]", "[UP]"]
 
@@ -94,27 +61,67 @@ def lower_cases(tokenizer: Any) -> bool:
     return tokenizer.tokenize("Paris Hilton") == tokenizer.tokenize("paris hilton")
 
 
-def join_tokens(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
-    """A text for pre-split tokens (space-joined; CJK characters joined without spaces) and offsets."""
-    text, offsets = "", []
-    for i, tok in enumerate(tokens):
-        if i and not (len(tok) == 1 and len(tokens[i - 1]) == 1 and re.match(f"[{_CJK}]", tok) and re.match(f"[{_CJK}]", tokens[i - 1])):
-            text += " "
-        offsets.append((len(text), len(text) + len(tok)))
-        text += tok
-    return text, offsets
+class NerOptions(TaskOptions):
+    """``task:`` for named-entity recognition."""
+
+    tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bmes"] = Field(
+        "auto", description="tag scheme of the data, converted to BIO on reading (auto: detect)")
+    stride: int | None = Field(None, ge=0, description="sub-tokens shared by consecutive windows of a long input "
+                               "(default: a quarter of data.max_length)")
+    case_markers: bool | Literal["auto"] = Field(
+        "auto", description="mark capitalised and all-caps words with two trained marker tokens, giving an "
+        "uncased (lower-casing) tokenizer back the capitalisation cue; auto: on when the tokenizer lower-cases")
+    document_context: bool = Field(False, description="read each sentence inside windows of its document "
+                                   "(consecutive records sharing data.document_column, e.g. CoNLL -DOCSTART- "
+                                   "blocks; records without it are one running text, in order) so neighbouring "
+                                   "sentences give context; predictions and scores stay per record")
+    system_prompt: str | None = Field(None, description="zero-shot: a system turn (default: the chat template's)")
 
 
-class NerTask:
-    name = "ner"
+class NerColumns(DataConfig):
+    """``data:`` for named-entity recognition."""
+
+    tokens_column: str = Field("tokens", description="pre-split tokens (a list per record)")
+    tags_column: str = Field("tags", description="one tag per token")
+    entities_column: str = Field("entities", description="character-offset entities for raw text_column")
+    document_column: str = Field("document", description="which document a record belongs to (CoNLL files "
+                                 "with -DOCSTART- lines get it on reading); used by task.document_context")
+
+
+class EntityPrediction(BaseModel):
+    """One NER prediction: entity spans, plus the tag and the text of every word."""
+
+    entities: list[Entity]
+    tags: list[str]
+    words: list[str]
+
+
+class NerTask(Task):
+    """Named-entity recognition by token classification (see the module docstring)."""
+
+    Options = NerOptions
+    Columns = NerColumns
+    Prediction = EntityPrediction
+    Prompted = PromptExtractor
+    strategies = ("finetune", "zero_shot")
+    prompt_slots = frozenset({"text", "types"})
     peft_task_type = "TOKEN_CLS"
     per_token = True
     primary_metric = ("f1", True)
 
     def __init__(self, state: dict[str, Any]):
-        self.state = state
-        self.labels: list[str] = state["labels"]
+        super().__init__(state)
         self.label_to_id = {name: i for i, name in enumerate(self.labels)}
+
+    def input_schema(self) -> type[BaseModel]:
+        s = self.state
+        return create_model("NerInput", __config__=ConfigDict(extra="allow"),
+                            **{s["text_column"]: (str | None, None), s["tokens_column"]: (list[str] | None, None)})
+
+    def input_row(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, (tuple, list)):
+            return {self.state["tokens_column"]: [str(t) for t in item]}
+        return super().input_row(item)
 
     # ---- label space ------------------------------------------------------------------------------
     @classmethod
@@ -241,7 +248,7 @@ class NerTask:
         return ex
 
     # ---- tokenizer --------------------------------------------------------------------------------
-    def prepare_tokenizer(self, tokenizer: Any) -> None:
+    def prepare_processor(self, tokenizer: Any) -> None:
         """Decide on case markers (auto: when the tokenizer lower-cases) and add their tokens; a no-op for a
         tokenizer saved with them."""
         s = self.state
@@ -334,15 +341,10 @@ class NerTask:
                 start = end - stride
         return features
 
-    def collate(self, pad_token_id: int) -> Any:
-        return partial(pad_batch, pad_token_id=pad_token_id, label_dtype=torch.long, label_pad=-100)
+    def collate(self, processor: Any) -> Any:
+        return partial(pad_batch, pad_token_id=processor.pad_token_id or 0, label_dtype=torch.long, label_pad=-100)
 
-    @staticmethod
-    def extract(outputs: Any) -> torch.Tensor:
-        return outputs.logits
-
-    @staticmethod
-    def loss_units(feature: dict[str, Any]) -> int:
+    def loss_units(self, feature: dict[str, Any]) -> int:
         return sum(1 for x in feature["labels"] if x != -100)
 
     def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -366,10 +368,9 @@ class NerTask:
                 model.resize_token_embeddings(vocab, mean_resizing=True)
         return model, head
 
-    def peft_extras(self, method: str) -> dict[str, Any]:
-        """The case-marker embeddings train under every parameter-efficient method too."""
-        markers = self.state.get("marker_ids")
-        return train_new_tokens(method, markers) if markers else {}
+    def trainable_token_ids(self) -> list[int]:
+        """The case-marker embeddings train under every method."""
+        return list(self.state.get("marker_ids") or [])
 
     # ---- outputs -> words -> entities ------------------------------------------------------------
     def _word_probs(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[tuple[dict, np.ndarray]]:
@@ -381,7 +382,7 @@ class NerTask:
             if "parts" in feat:
                 rec["parts"] = feat["parts"]
             start, end, total = feat["window"]
-            probs = _softmax(logits)
+            probs = softmax(logits)
             seen: set[int] = set()
             for j, w in enumerate(feat["word_ids"]):
                 if w is None or w in seen:
@@ -432,21 +433,15 @@ class NerTask:
             pred.append(self._tags(probs))
         return entity_metrics(gold, pred)
 
+    def plots(self, metrics: dict[str, Any], folder: Path) -> list[Path]:
+        from ..plots import per_label_f1_png
 
-def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special token ids the tokenizer puts before and after content (BERT: [CLS] / [SEP])."""
-    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
-    full = tokenizer("hello")["input_ids"]
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return full[:i], full[i + len(plain) :]
-    return [], []
+        if "per_type" not in metrics:
+            return []
+        path = folder / "per_type_f1.png"
+        per_label_f1_png(metrics["per_type"], path, title="validation scores per entity type")
+        return [path]
 
 
 def _has(records: Records, column: str) -> bool:
     return any(column in r for r in records.rows[:50])
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)

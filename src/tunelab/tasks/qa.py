@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, Field
 
 from ..batching import pad_batch
-from ..config import Config
+from ..config import Config, DataConfig, TaskOptions
 from ..data import Records
 from ..errors import ConfigError, DataError
+from ..probabilities import softmax
+from .base import Task
 
 
 def flatten_squad(records: Records) -> Records:
@@ -70,15 +73,50 @@ def squad_scores(prediction: str, golds: list[str]) -> tuple[float, float]:
             max(f1(prediction, g) for g in golds))
 
 
-class QaTask:
-    name = "qa"
+class QaOptions(TaskOptions):
+    """``task:`` for extractive question answering."""
+
+    doc_stride: int | None = Field(None, ge=0, description="tokens shared by consecutive windows of a long context "
+                                   "(default: a quarter of data.max_length)")
+    max_answer_length: int = Field(30, ge=1, description="longest answer in tokens")
+    n_best: int = Field(20, ge=1, description="start/end candidates per window")
+    allow_unanswerable: bool = Field(False, description="SQuAD 2.0 style questions without an answer")
+
+
+class QaColumns(DataConfig):
+    """``data:`` for extractive question answering."""
+
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
+
+
+class AnswerPrediction(BaseModel):
+    """One answer: its text and character span in the context (empty and None when unanswerable)."""
+
+    answer: str
+    start: int | None
+    end: int | None
+    score: float
+    id: Any = None
+
+
+class QaTask(Task):
+    """Extractive question answering (see the module docstring)."""
+
+    Options = QaOptions
+    Columns = QaColumns
+    Prediction = AnswerPrediction
     peft_task_type = "QUESTION_ANS"
     per_token = True
     primary_metric = ("f1", True)
 
-    def __init__(self, state: dict[str, Any]):
-        self.state = state
-        self.labels: list[str] = []
+    def input_columns(self) -> list[str]:
+        return [self.state["question_column"], self.state["context_column"]]
+
+    def input_row(self, item: Any) -> dict[str, Any]:
+        raise DataError("this model takes records, not plain texts: pass dicts such as "
+                        "{'question': ..., 'context': ...}")
 
     @classmethod
     def from_training_data(cls, cfg: Config, train: Records) -> QaTask:
@@ -90,14 +128,6 @@ class QaTask:
                     "answers_column": d.answers_column, "max_length": d.max_length, "doc_stride": stride,
                     "max_answer_length": t.max_answer_length, "n_best": t.n_best,
                     "allow_unanswerable": t.allow_unanswerable})
-
-    def stratify_keys(self, records: Records) -> None:
-        return None
-
-    def class_weights(self, spec: Any) -> None:
-        if spec is not None:
-            raise ConfigError("train.class_weights does not apply to question answering")
-        return None
 
     # ---- records -> examples -> windows ----------------------------------------------------------
     def _examples(self, records: Records, with_labels: bool) -> list[dict[str, Any]]:
@@ -180,16 +210,11 @@ class QaTask:
         end = next(j for j in reversed(ctx) if offsets[j][0] < b)
         return [start, end]
 
-    def collate(self, pad_token_id: int) -> Any:
-        return partial(pad_batch, pad_token_id=pad_token_id, label_dtype=torch.long)
+    def collate(self, processor: Any) -> Any:
+        return partial(pad_batch, pad_token_id=processor.pad_token_id or 0, label_dtype=torch.long)
 
-    @staticmethod
-    def extract(outputs: Any) -> torch.Tensor:
+    def extract(self, outputs: Any) -> torch.Tensor:
         return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
-
-    @staticmethod
-    def loss_units(feature: dict[str, Any]) -> int:
-        return 1
 
     def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: Any) -> torch.Tensor:
         start = F.cross_entropy(outputs.start_logits.float(), labels[:, 0], reduction="sum")
@@ -231,7 +256,7 @@ class QaTask:
                             continue
                         candidates.append((float(start_logits[a] + end_logits[b]), offsets[a][0], offsets[b][1]))
             scores = np.array([c[0] for c in candidates] + ([null_score] if s["allow_unanswerable"] else []))
-            probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(scores) else np.array([])
+            probs = softmax(scores) if len(scores) else np.array([])
             best = int(np.argmax(scores)) if len(scores) else -1
             if best < 0 or best == len(candidates):  # nothing found, or the empty answer wins
                 predictions.append({"answer": "", "start": None, "end": None, "score": float(probs[best]) if best >= 0 else 0.0,

@@ -23,11 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pydantic import BaseModel, Field
+
 from ..batching import pad_batch
-from ..config import Config
+from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
-from ..errors import ConfigError, DataError
-from .common import label_weights, train_new_tokens
+from ..errors import DataError
+from ..probabilities import softmax
+from .base import Task
+from .common import label_weights, special_tokens_around
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 _TAG = re.compile(r"</?e[12]>")
@@ -119,15 +123,39 @@ class EntityMarkerModel(torch.nn.Module):
         save_file({k: v.contiguous() for k, v in self.classifier.state_dict().items()}, str(Path(path) / "head.safetensors"))
 
 
-class RelationTask:
-    name = "relation"
+class RelationOptions(TaskOptions):
+    """``task:`` for relation extraction."""
+
+    negative_label: str = Field("Other", description="the no-relation label, left out of macro-F1")
+
+
+class RelationColumns(DataConfig):
+    """``data:`` for relation extraction (entity spans may also come as e1_start/e1_end/e2_start/e2_end)."""
+
+    label_column: str = "label"
+
+
+class RelationPrediction(BaseModel):
+    """One relation: the label (with direction), its probability, the two entities' texts, every label's."""
+
+    label: str
+    score: float
+    e1: str
+    e2: str
+    scores: dict[str, float]
+
+
+class RelationTask(Task):
+    """Relation classification between two marked entities (see the module docstring)."""
+
+    Options = RelationOptions
+    Columns = RelationColumns
+    Prediction = RelationPrediction
     peft_task_type = None  # a custom head: peft wraps it as a plain model
-    per_token = False
     primary_metric = ("macro_f1", True)
 
     def __init__(self, state: dict[str, Any]):
-        self.state = state
-        self.labels: list[str] = state["labels"]
+        super().__init__(state)
         self.label_to_id = {name: i for i, name in enumerate(self.labels)}
 
     @classmethod
@@ -153,7 +181,7 @@ class RelationTask:
         return label_weights(spec, self.labels, self.state.get("label_counts", {}))
 
     # ---- tokenizer and features --------------------------------------------------------------------
-    def prepare_tokenizer(self, tokenizer: Any) -> None:
+    def prepare_processor(self, tokenizer: Any) -> None:
         """Add the marker tokens (a no-op for a tokenizer saved with them)."""
         tokenizer.add_special_tokens({"additional_special_tokens": MARKERS}, replace_extra_special_tokens=False)
         self.state["vocab_size"] = len(tokenizer)
@@ -177,8 +205,6 @@ class RelationTask:
         return mark_entities(text, where)
 
     def encode(self, records: Records, tokenizer: Any, *, with_labels: bool) -> list[dict[str, Any]]:
-        from .ner import special_tokens_around
-
         prefix, suffix = special_tokens_around(tokenizer)
         body = self.state["max_length"] - len(prefix) - len(suffix)
         e1_id, e2_id = tokenizer.convert_tokens_to_ids(["[E1]", "[E2]"])
@@ -207,8 +233,8 @@ class RelationTask:
             features.append(feat)
         return features
 
-    def collate(self, pad_token_id: int) -> Any:
-        base = partial(pad_batch, pad_token_id=pad_token_id, label_dtype=torch.long)
+    def collate(self, processor: Any) -> Any:
+        base = partial(pad_batch, pad_token_id=processor.pad_token_id or 0, label_dtype=torch.long)
 
         def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
             batch = base(features)
@@ -217,14 +243,6 @@ class RelationTask:
             return batch
 
         return collate
-
-    @staticmethod
-    def extract(outputs: Any) -> torch.Tensor:
-        return outputs.logits
-
-    @staticmethod
-    def loss_units(feature: dict[str, Any]) -> int:
-        return 1
 
     def loss_sum(self, outputs: Any, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return F.cross_entropy(outputs.logits.float(), labels, weight=weights, reduction="sum")
@@ -250,24 +268,48 @@ class RelationTask:
             model.classifier.load_state_dict(load_file(str(head_file)))
         return model, ["classifier"]
 
-    def peft_extras(self, method: str) -> dict[str, Any]:
-        """The marker embeddings must train under every method."""
-        if method in ("prompt_tuning", "prefix_tuning"):
-            raise ConfigError(f"method.name: {method} needs a model with a standard task head; relation extraction "
-                              "supports full, lora, adalora and ia3")
-        return train_new_tokens(method, self.state["marker_ids"])
+    def trainable_token_ids(self) -> list[int]:
+        """The marker embeddings train under every method."""
+        return list(self.state["marker_ids"])
 
     # ---- predictions and metrics -----------------------------------------------------------------
     def decode(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        logits = np.stack(outputs)
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        probs = e / e.sum(-1, keepdims=True)
+        probs = softmax(np.stack(outputs))
         return [{"label": self.labels[int(p.argmax())], "score": float(p.max()), "e1": f["e1"], "e2": f["e2"],
                  "scores": dict(zip(self.labels, map(float, p)))} for p, f in zip(probs, features)]
 
     def compute_metrics(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> dict[str, Any]:
-        from ..metrics import relation_metrics
-
         pred = [self.labels[int(np.argmax(o))] for o in outputs]
         gold = [self.labels[f["labels"]] for f in features]
         return relation_metrics(gold, pred, self.state.get("negative_label"))
+
+    def plots(self, metrics: dict[str, Any], folder: Path) -> list[Path]:
+        from ..plots import per_label_f1_png
+
+        path = folder / "per_type_f1.png"
+        per_label_f1_png(metrics["per_type"], path, title="validation scores per relation type")
+        return [path]
+
+
+def relation_metrics(gold: list[str], pred: list[str], negative: str | None) -> dict[str, Any]:
+    """The official SemEval-2010 Task 8 score: per relation type (directions merged for counting), a
+    prediction is correct only if it matches the gold label exactly (type and direction); precision =
+    correct / predicted of that type, recall = correct / gold of that type; macro-F1 = mean F1 over the
+    types present in the gold labels, excluding the negative label (``Other``)."""
+    types = sorted({relation_type(g) for g in gold} - {negative})
+    per: dict[str, dict[str, float]] = {}
+    for kind in types:
+        correct = sum(1 for g, p in zip(gold, pred) if g == p and relation_type(g) == kind)
+        predicted = sum(1 for p in pred if relation_type(p) == kind)
+        actual = sum(1 for g in gold if relation_type(g) == kind)
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per[kind] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return {
+        "macro_f1": float(np.mean([v["f1"] for v in per.values()])) if per else 0.0,
+        "macro_precision": float(np.mean([v["precision"] for v in per.values()])) if per else 0.0,
+        "macro_recall": float(np.mean([v["recall"] for v in per.values()])) if per else 0.0,
+        "accuracy": float(np.mean([g == p for g, p in zip(gold, pred)])) if gold else 0.0,
+        "per_type": per,
+    }

@@ -3,7 +3,7 @@ sentence-transformers computes them for all-MiniLM-L6-v2. Used to pick similar d
 by the SetFit-style few-shot path.
 
 Example:
-    >>> from tunelab.embed import Embedder                              # doctest: +SKIP
+    >>> from tunelab.sentence_embeddings import Embedder                              # doctest: +SKIP
     >>> e = Embedder.load("minilm"); e.encode(["a fine film"]).shape      # doctest: +SKIP
     (1, 384)
 """
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .inference import batched
 from .models import load_pretrained, quiet_loading, resolve_model
 
 
@@ -24,6 +25,14 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Embedder:
+    """A sentence encoder: ``encode`` texts to unit vectors; ``embed_batch`` keeps autograd for training.
+
+    Args:
+        model: a transformers encoder (``AutoModel``).
+        tokenizer: its tokenizer.
+        max_length: tokens per text after truncation.
+    """
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 128):
         self.model = model
         self.tokenizer = tokenizer
@@ -45,15 +54,7 @@ class Embedder:
         return torch.nn.functional.normalize(mean_pool(out, enc["attention_mask"]), dim=-1)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        result = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start:start + batch_size]
-                    result[chunk] = self.embed_batch([texts[i] for i in chunk]).numpy()
-        finally:
-            self.model.train(was_training)
-        return result
+        """Embeddings of ``texts`` as a [len(texts), hidden] array (no autograd), in order."""
+        rows = batched(self.model, texts, lambda chunk: list(self.embed_batch(chunk).numpy()), batch_size=batch_size,
+                       length=len, longest_first=False)
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.model.config.hidden_size)

@@ -14,14 +14,15 @@ import tunelab
 from tunelab.config import GenerateConfig, build_config
 from tunelab.data import read_records
 from tunelab.errors import ConfigError, DataError
-from tunelab.lm import cut_at_stop, generate_ids, load_tokenizer, stream_ids
+from tunelab.causal_lm import cut_at_stop, generate_ids, load_tokenizer, stream_ids
 from tunelab.metrics import generation_metrics
+from tunelab.registry import TASKS
 from tunelab.tasks.generation import GenerationTask
 
 
 def _task(kind: str = "summarization", **data: object) -> GenerationTask:
     cfg = build_config({"task": kind, "data": {"max_length": 96, **data}})
-    return GenerationTask.from_config(cfg)
+    return TASKS.get(cfg.task.name).from_training_data(cfg, None)
 
 
 def test_loss_covers_reply_tokens_only(tiny_llama: Path) -> None:
@@ -90,7 +91,7 @@ def test_packing_keeps_examples_apart(tiny_llama: Path) -> None:
     packed = task.prepare_training_features(feats)
     assert len(packed) < len(feats) and sum(p["examples"] for p in packed) == 6
     assert sum(task.loss_units(p) for p in packed) == sum(task.loss_units(f) for f in feats)
-    batch = task.collate(tok.pad_token_id)(packed)
+    batch = task.collate(tok)(packed)
     assert "attention_mask" not in batch and "position_ids" in batch
     # With restarting positions the model must give each packed example the same logits as alone.
     from transformers import AutoModelForCausalLM
@@ -195,7 +196,7 @@ def test_left_padded_reply_only_logits_give_the_exact_loss(tiny_llama: Path) -> 
             {"text": "a much longer input text with many more words in it than the other", "target": "brief"}]
     feats = task.encode(read_records(rows), tok, with_labels=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    batch = task.collate(tok.pad_token_id)(feats)
+    batch = task.collate(tok)(feats)
     assert batch["logits_to_keep"].numel() < batch["input_ids"].shape[1]
     labels = batch.pop("labels")
     with torch.no_grad():

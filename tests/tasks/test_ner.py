@@ -122,7 +122,7 @@ def test_case_markers_give_an_uncased_tokenizer_capitalisation(tiny_bert: Path) 
     rows = [{"tokens": ["EU", "rejects", "Peter", "Blackburn"], "tags": ["B-ORG", "O", "B-PER", "I-PER"]}]
     tok = _tok(tiny_bert)
     task = _task(rows)  # case_markers: auto -> on, the MiniLM tokenizer lower-cases
-    task.prepare_tokenizer(tok)
+    task.prepare_processor(tok)
     assert task.state["case_markers"] is True and tok.convert_ids_to_tokens(task.state["marker_ids"]) == CASE_MARKERS
     (feat,) = task.encode(read_records(rows), tok, with_labels=True)
     pieces = tok.convert_ids_to_tokens(feat["input_ids"])
@@ -132,7 +132,7 @@ def test_case_markers_give_an_uncased_tokenizer_capitalisation(tiny_bert: Path) 
     assert all(feat["word_ids"][k] is None and feat["labels"][k] == -100 for k in markers)
     assert [l for l in feat["labels"] if l != -100] == [task.label_to_id[t] for t in rows[0]["tags"]]
     plain = _task(rows, case_markers=False)
-    plain.prepare_tokenizer(_tok(tiny_bert))
+    plain.prepare_processor(_tok(tiny_bert))
     (feat,) = plain.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
     assert not set(tok.convert_ids_to_tokens(feat["input_ids"])) & set(CASE_MARKERS)
 

@@ -50,7 +50,8 @@ def test_artifact_round_trip_gives_identical_predictions(tiny_bert: Path, tmp_pa
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning"])
 def test_peft_methods_train_save_and_reload(method: str, tiny_bert: Path, tmp_path: Path) -> None:
-    run = _fit(tiny_bert, tmp_path / method, method={"name": method, "num_virtual_tokens": 4}, epochs=1, batch_size=16)
+    options = {"num_virtual_tokens": 4} if method.endswith("_tuning") else {}
+    run = _fit(tiny_bert, tmp_path / method, method={"name": method, **options}, epochs=1, batch_size=16)
     assert run.parameters["trainable"] < run.parameters["total"]
     manifest = __import__("json").loads((run.artifact_dir / "manifest.json").read_text())
     assert manifest["model_format"] == "peft"
@@ -87,7 +88,7 @@ def test_model_part_loads_with_plain_transformers_and_peft(tiny_bert: Path, tmp_
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = PeftModel.from_pretrained(base, lora.artifact_dir / "model").eval()
     ours = Predictor.load(lora.artifact_dir)
-    batch = ours.tokenizer(["the game was brilliant"], return_tensors="pt")
+    batch = ours.processor(["the game was brilliant"], return_tensors="pt")
     with torch.inference_mode():
         logits = model(**batch).logits
     expected = ours.predict(["the game was brilliant"])[0]["scores"]["pos"]
@@ -120,7 +121,7 @@ def test_sentence_pairs_and_class_weights(tiny_bert: Path, tmp_path: Path) -> No
     run = _fit(tiny_bert, tmp_path / "pairs", rows=rows, data={"text_column": "a", "text_pair_column": "b", "label_column": "y"},
                epochs=2, class_weights="balanced")
     p = Predictor.load(run.artifact_dir)
-    feats = p.task.encode(p.as_records([("word1", "word2")]), p.tokenizer, with_labels=False)
+    feats = p.task.encode(p.as_records([("word1", "word2")]), p.processor, with_labels=False)
     assert 1 in feats[0]["token_type_ids"]  # the second text is segment 1
     assert p.predict([("word1", "word1")])[0]["label"] in ("same", "diff")
     with pytest.raises(tunelab.DataError, match="unknown labels"):

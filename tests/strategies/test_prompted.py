@@ -10,9 +10,10 @@ import pytest
 import tunelab
 from conftest import sentiment_rows
 from tunelab.errors import ConfigError, DataError
-from tunelab.lm import continuation_logprobs, load_tokenizer, next_token_logprobs
-from tunelab.prompting import parse_entities, span_metrics
-from tunelab.setfit import sample_pairs
+from tunelab.causal_lm import continuation_logprobs, load_tokenizer, next_token_logprobs
+from tunelab.metrics import span_metrics
+from tunelab.tasks.prompted_ner import parse_entities
+from tunelab.strategies.setfit import sample_pairs
 
 
 def test_entity_parser_finds_spans_and_reports_the_rest() -> None:
@@ -60,7 +61,7 @@ def test_zero_shot_classifier_is_an_artifact_like_any_other(tiny_llama: Path, tm
 
 
 def test_calibration_removes_a_constant_label_bias(tiny_llama: Path, tmp_path: Path) -> None:
-    from tunelab.prompting import PromptClassifier
+    from tunelab.tasks.prompted_classification import PromptClassifier
 
     base = {"model": str(tiny_llama), "output_dir": str(tmp_path / "a"), "task": {"name": "classification",
             "labels": ["neg", "pos"]}, "strategy": "zero_shot"}
@@ -93,7 +94,8 @@ def test_few_shot_calibrates_each_input_against_its_own_demonstrations(tiny_llam
                                                                        tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from tunelab.prompting import CONTENT_FREE, _softmax
+    from tunelab.probabilities import softmax as _softmax
+    from tunelab.tasks.prompted_classification import CONTENT_FREE
 
     pool = sentiment_rows(8, seed=3)
     run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "fs"), train=pool, strategy="few_shot",
@@ -178,7 +180,7 @@ def test_strategy_mismatches_are_clear(tiny_llama: Path, tiny_bert: Path, tmp_pa
         tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "y"), strategy="setfit", train=sentiment_rows(8))
     with pytest.raises(DataError, match="needs the label names"):
         tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "z"), strategy="zero_shot")
-    with pytest.raises(ConfigError, match="strategy 'setfit' is for classification"):
+    with pytest.raises(ConfigError, match="strategy 'setfit' is not available for task summarization"):
         build_config({"task": "summarization", "strategy": "setfit"})
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import tunelab
 from tunelab.data import read_records
-from tunelab.metrics import relation_metrics
+from tunelab.tasks.relation import relation_metrics
 from tunelab.tasks.relation import mark_entities, relation_type, tag_spans
 
 from conftest import tiny_config
@@ -97,5 +97,5 @@ def test_relation_trains_with_marker_embeddings(method: str, tiny_bert: Path, tm
 def test_prompt_tuning_is_refused_for_relations(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "p", max_steps=1)
     cfg.update(task="relation", method={"name": "prompt_tuning"})
-    with pytest.raises(tunelab.ConfigError, match="relation extraction supports full, lora"):
+    with pytest.raises(tunelab.ConfigError, match="prompt_tuning needs a task with a standard head"):
         tunelab.fit(cfg, train=toy_relations(20))

@@ -6,16 +6,16 @@ tokens, and cuts the output at the first stop string. Prompts longer than the co
 truncated from the left and reported, never silently.
 
 Example:
-    >>> from tunelab.lm import load_causal_lm, generate_texts                        # doctest: +SKIP
+    >>> from tunelab.causal_lm import load_causal_lm, generate_ids                    # doctest: +SKIP
+    >>> from tunelab.config import GenerateConfig                                       # doctest: +SKIP
     >>> model, tok = load_causal_lm("smollm2")                                          # doctest: +SKIP
-    >>> generate_texts(model, tok, ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n"])  # doctest: +SKIP
+    >>> generate_ids(model, tok, [tok("Hello")["input_ids"]], GenerateConfig())         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
@@ -23,20 +23,8 @@ import torch
 
 from .config import GenerateConfig
 from .models import load_pretrained, quiet_loading, resolve_model
-from .progress import progress as show_progress
+from .inference import batched
 from .prompts import ensure_chat_template
-
-
-@contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the block; the model's previous mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[torch.nn.Module, Any]:
@@ -133,19 +121,13 @@ def generate_ids(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]
     if cfg.strategy == "sample" and cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     kwargs = generation_kwargs(cfg, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    results: list[str] = [""] * len(prompts)
-    starts = range(0, len(order), cfg.batch_size)
-    with evaluating(model):
-        for start in show_progress(starts, total=len(starts), desc="generate", unit="batch", quiet=not progress):
-            chunk = order[start:start + cfg.batch_size]
-            batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
-            out = model.generate(**batch, **kwargs)
-            new = out[:, batch["input_ids"].shape[1]:]
-            for row, index in enumerate(chunk):
-                text = tokenizer.decode(new[row], skip_special_tokens=True)
-                results[index] = cut_at_stop(text, cfg.stop).strip()
-    return results
+
+    def run(chunk: list[list[int]]) -> list[str]:
+        batch = _left_pad(chunk, tokenizer.pad_token_id)
+        new = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1]:]
+        return [cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), cfg.stop).strip() for row in new]
+
+    return batched(model, prompts, run, batch_size=cfg.batch_size, length=len, desc="generate" if progress else None)
 
 
 def stream_ids(model: torch.nn.Module, tokenizer: Any, prompt: list[int], cfg: GenerateConfig) -> Iterator[str]:
@@ -193,40 +175,30 @@ def continuation_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[
 
     Left padding puts every continuation at the end of its row, so only the last few positions need
     the (vocabulary-sized) output layer: ``logits_to_keep``."""
+    def run(chunk: list[tuple[list[int], list[int]]]) -> list[float]:
+        batch = _left_pad([prompt + cont for prompt, cont in chunk], tokenizer.pad_token_id, positions=True)
+        keep = max(len(cont) for _, cont in chunk) + 1
+        logits = model(**batch, logits_to_keep=keep).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)  # [rows, keep, vocab]; the last position predicts nothing
+        # logits at t predict token t+1: a continuation's c tokens are predicted by the c positions before
+        # the last one.
+        return [float(logp[row, keep - 1 - len(cont):keep - 1, :].gather(-1, torch.as_tensor(cont).unsqueeze(-1)).sum())
+                for row, (_, cont) in enumerate(chunk)]
+
     pairs = list(zip(prompts, continuations))
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
-    scores = np.zeros(len(pairs), dtype=np.float64)
-    starts = range(0, len(order), batch_size)
-    with evaluating(model):
-        for start in show_progress(starts, total=len(starts), desc="score", unit="batch"):
-            chunk = order[start:start + batch_size]
-            batch = _left_pad([pairs[i][0] + pairs[i][1] for i in chunk], tokenizer.pad_token_id, positions=True)
-            keep = max(len(pairs[i][1]) for i in chunk) + 1
-            logits = model(**batch, logits_to_keep=keep).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)  # [rows, keep, vocab]; the last position predicts nothing
-            for row, index in enumerate(chunk):
-                cont = pairs[index][1]
-                c = len(cont)
-                # logits at t predict token t+1: the continuation's c tokens are predicted by the c positions
-                # before the last one.
-                picked = logp[row, keep - 1 - c:keep - 1, :].gather(-1, torch.as_tensor(cont).unsqueeze(-1))
-                scores[index] = float(picked.sum())
-    return scores
+    return np.asarray(batched(model, pairs, run, batch_size=batch_size, length=lambda p: len(p[0]) + len(p[1]),
+                              desc="score"), dtype=np.float64).reshape(len(pairs))
 
 
 def next_token_logprobs(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], token_ids: list[int],
                         batch_size: int = 16) -> np.ndarray:
     """log P(token | prompt) for each prompt and each of ``token_ids``: one forward pass per prompt."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
-    out = np.zeros((len(prompts), len(token_ids)), dtype=np.float64)
     wanted = torch.as_tensor(token_ids)
-    starts = range(0, len(order), batch_size)
-    with evaluating(model):
-        for start in show_progress(starts, total=len(starts), desc="score", unit="batch"):
-            chunk = order[start:start + batch_size]
-            batch = _left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id, positions=True)
-            logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
-            logp = torch.log_softmax(logits, dim=-1)[:, wanted]
-            for row, index in enumerate(chunk):
-                out[index] = logp[row].numpy()
-    return out
+
+    def run(chunk: list[list[int]]) -> list[np.ndarray]:
+        batch = _left_pad(chunk, tokenizer.pad_token_id, positions=True)
+        logits = model(**batch, logits_to_keep=1).logits[:, -1, :].float()
+        return list(torch.log_softmax(logits, dim=-1)[:, wanted].numpy().astype(np.float64))
+
+    rows = batched(model, prompts, run, batch_size=batch_size, length=len, desc="score")
+    return np.asarray(rows, dtype=np.float64).reshape(len(prompts), len(token_ids))

@@ -1,0 +1,174 @@
+"""Predictor: one interface to every artifact tunelab writes (fine-tuned, zero-/few-shot, SetFit), with
+exactly the preprocessing used in training.
+
+A Predictor is a model, its input processor and the task object that turns records into predictions with
+them; which strategy made the artifact decides how the three are loaded (through the strategy registry),
+never how they are used. The contract is setfit's: one input in gives one prediction out, a list gives a
+list.
+
+Example:
+    >>> from tunelab import Predictor
+    >>> predictor = Predictor.load("runs/demo")                     # doctest: +SKIP
+    >>> predictor.predict("a warm, funny film")                     # doctest: +SKIP
+    {'label': 'positive', 'score': 0.97, 'scores': {...}}
+    >>> predictor.predict(["a warm, funny film", "a dull mess"])    # doctest: +SKIP
+    [{'label': 'positive', ...}, {'label': 'negative', ...}]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from pydantic import BaseModel
+
+from .artifact import find_artifact, read_manifest
+from .data import Records, read_records
+from .errors import ArtifactError, ConfigError, DataError
+from .registry import STRATEGIES
+
+
+def predict_each(predict: Callable[[Records], list[dict[str, Any]]], records: Records,
+                 on_error: str = "raise") -> list[dict[str, Any]]:
+    """``predict(records)`` with one output per input, in order, whatever the inputs hold.
+
+    An input the task cannot read raises a DataError naming its row (``on_error="raise"``), or becomes
+    ``{"error": message}`` in its place (``"record"``). Bad rows are found by halving the failing batch, so
+    the good rows are still predicted together; tasks reject bad rows while encoding, before the model runs.
+    """
+    if on_error not in ("raise", "record"):
+        raise ValueError(f"on_error must be 'raise' or 'record', not {on_error!r}")
+    if on_error == "raise":
+        return predict(records)
+    results: dict[int, dict[str, Any]] = {}
+
+    def run(idx: list[int]) -> None:
+        if not idx:
+            return
+        try:
+            results.update(zip(idx, predict(records.subset(idx))))
+        except DataError as err:
+            if len(idx) == 1:
+                results[idx[0]] = {"error": str(err)}
+                return
+            run(idx[: len(idx) // 2])
+            run(idx[len(idx) // 2:])
+
+    run(list(range(len(records))))
+    return [results[i] for i in range(len(records))]
+
+
+class Predictor:
+    """Predictions and metrics from a model, its processor and its task.
+
+    Args:
+        model: the model (in eval mode for prediction).
+        processor: its input processor (a tokenizer).
+        task: the ``tunelab.Task`` that encodes inputs and decodes outputs.
+        manifest: the artifact's manifest (``{}`` for a model not saved yet).
+        path: the artifact directory, when loaded from one.
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any, task: Any, manifest: dict[str, Any],
+                 path: Path | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.task = task
+        self.manifest = manifest
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path, *, allow_network: bool = False, threads: int | None = None) -> Predictor:
+        """Load from an artifact directory (or a run directory containing ``artifact/``).
+
+        Every file is checked against the sha256 its manifest recorded; nothing in an artifact can run code
+        or turn the network on: only ``allow_network=True`` here lets a hub-id base model download.
+
+        Args:
+            path: the artifact directory, or a run directory that holds ``artifact/``.
+            allow_network: let a base model named by a hub id download (off by default).
+            threads: torch CPU threads for prediction (default: torch's, all cores).
+
+        Example:
+            >>> Predictor.load("runs/demo", threads=1).predict("fine")     # doctest: +SKIP
+        """
+        if threads:
+            torch.set_num_threads(int(threads))
+        artifact_dir = find_artifact(path)
+        manifest = read_manifest(artifact_dir)
+        try:
+            strategy = STRATEGIES.get(str(manifest.get("strategy", "finetune")))
+            model, processor, task = strategy.load(artifact_dir, manifest, allow_network)
+        except ConfigError as err:
+            raise ArtifactError(f"{artifact_dir}: {err}") from None
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ArtifactError(f"{artifact_dir}/manifest.json is not a valid tunelab manifest: field {err} is "
+                                "missing or has the wrong type") from None
+        return cls(model, processor, task, manifest, artifact_dir)
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names (classes, entity types) the model predicts; empty for other tasks."""
+        return list(self.task.labels)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the last ``predict`` reported besides predictions (e.g. prompts cut to the context window)."""
+        return self.task.notes
+
+    @property
+    def input_schema(self) -> type[BaseModel]:
+        """A pydantic model of one input record."""
+        return self.task.input_schema()
+
+    @property
+    def output_schema(self) -> type[BaseModel]:
+        """A pydantic model of one prediction."""
+        return self.task.output_schema()
+
+    def as_records(self, inputs: Any) -> Records:
+        """Inputs as the Records ``predict`` reads: plain texts, token lists (NER), (text, pair) tuples, dicts,
+        a DataFrame or a file."""
+        return self.task.as_records(inputs)
+
+    def predict(self, inputs: Any, batch_size: int = 64, on_error: str = "raise") -> Any:
+        """Predict for a text, or for texts, (text, pair) tuples, dicts with the training columns, a DataFrame
+        or a file.
+
+        Args:
+            inputs: what to predict for; a single string gives a single prediction.
+            batch_size: inputs run through the model together.
+            on_error: ``"raise"``: an input that cannot be predicted (an empty text, a missing column) raises
+                a DataError naming its row; ``"record"``: it gets ``{"error": ...}`` in its place.
+
+        Returns:
+            For a string, one dict; otherwise one dict per input, in order: ``label`` and ``score`` (plus
+            ``scores`` per label); ``labels`` for multi-label; ``score`` for regression; entities, answers or
+            text for the other tasks (``output_schema`` describes it).
+
+        Example:
+            >>> predictor.predict("great")["label"]                          # doctest: +SKIP
+            'positive'
+        """
+        records = self.as_records(inputs)
+        results = predict_each(lambda recs: self._predict(recs, batch_size), records, on_error)
+        return results[0] if isinstance(inputs, str) else results
+
+    def _predict(self, records: Records, batch_size: int) -> list[dict[str, Any]]:
+        if not len(records):
+            return []
+        return self.task.predict_records(self.model, self.processor, records, batch_size)
+
+    def stream(self, text: Any) -> Iterator[str]:
+        """Generation tasks: yield the output for one input piece by piece as it is produced."""
+        return self.task.stream(self.model, self.processor, self.as_records(text))
+
+    def evaluate(self, data: Any, batch_size: int = 128) -> dict[str, Any]:
+        """The task's metrics on labelled records (same columns as training).
+
+        Args:
+            data: a file, DataFrame, datasets.Dataset or list of dicts.
+            batch_size: inputs run through the model together.
+        """
+        return self.task.evaluate_records(self.model, self.processor, read_records(data), batch_size)

@@ -1,0 +1,158 @@
+"""Fine-tuning: the task's head on the pretrained model, adapted by a method (full or peft), trained by
+tunelab's loop; the artifact holds the weights (or the adapter) and the processor.
+
+Example:
+    >>> run = tunelab.fit(model="minilm", strategy="finetune", train="reviews.csv")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..artifact import write_json
+from ..checkpoint import training_fingerprint
+from ..config import Config
+from ..data import Records, split_validation
+from ..errors import DataError, TunelabError
+from ..methods import Target, enable_gradient_checkpointing, parameter_counts
+from ..models import quiet_loading, resolve_model
+from ..registry import METHODS, TASKS
+from ..train import LoopInputs, resume_checkpoint, total_optimizer_steps, train_loop
+from .base import FitJob, Fitted
+
+
+class FineTune:
+    """The ``finetune`` strategy."""
+
+    def fit(self, job: FitJob) -> Fitted:
+        cfg, train_records = job.cfg, job.train
+        if train_records is None:
+            raise DataError("no training data: set data.train in the config or pass train=... "
+                            "(or strategy: zero_shot to prompt a causal LM without training)")
+        fingerprint = training_fingerprint({**cfg.to_dict(), "train_rows_sha256": rows_sha256(train_records)})
+        resume_from, resume_changes = resume_checkpoint(job.run_dir, cfg.train, fingerprint)  # before any long work
+        task_cls = TASKS.get(cfg.task.name)
+        task = task_cls.from_training_data(cfg, train_records)
+        task.class_weights(cfg.train.class_weights)  # a bad weights spec fails now, not after tokenizing
+        val_records = job.validation
+        if val_records is None:
+            train_records, val_records = split_validation(train_records, cfg.data.validation_fraction, cfg.train.seed,
+                                                          task.stratify_keys(train_records))
+            task = counted_on(task, cfg, train_records)
+
+        processor = task.load_processor(job.model.path)
+        task.prepare_processor(processor)  # e.g. marker tokens; saved with the artifact's processor
+        train_features = task.encode(train_records, processor, with_labels=True)
+        unknown = report_unknown_tokens(processor, train_features, train_records.source, cfg.model)
+        train_features = task.prepare_training_features(train_features)  # e.g. packing short examples
+        val_features = task.encode(val_records, processor, with_labels=True)
+        test_features = task.encode(job.test, processor, with_labels=True) if job.test is not None else None
+        print(f"data: {len(train_records)} training and {len(val_records)} validation records"
+              + (f", {len(job.test)} test" if job.test is not None else "")
+              + (f"; unknown-token rate {unknown:.1%}" if unknown is not None else ""), file=sys.stderr)
+
+        model, head = task.build_model(job.model.path, dropout=cfg.train.dropout)
+        total_steps = total_optimizer_steps(len(train_features), cfg.train)
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        method = METHODS.get(cfg.method.name)
+        adaptation = method.adapt(model, cfg.method, Target(task.peft_task_type, head, task.trainable_token_ids(),
+                                                             total_steps))
+        counts = parameter_counts(adaptation.model)
+        result = train_loop(LoopInputs(
+            model=adaptation.model, task=task, processor=processor, train_features=train_features,
+            val_features=val_features, train=cfg.train, learning_rate=cfg.learning_rate, head_names=head,
+            run_dir=job.run_dir, class_weights=task.class_weights(cfg.train.class_weights),
+            hooks=[*adaptation.hooks, *job.hooks], tracker_config=cfg.to_dict(), resume_from=resume_from,
+            resume_changes=resume_changes, fingerprint=fingerprint,
+        ))
+        model = adaptation.model
+        batch = cfg.train.eval_batch_size
+        val_metrics = task.evaluate_features(model, processor, val_features, batch)
+        test_metrics = task.evaluate_features(model, processor, test_features, batch) if test_features is not None else None
+
+        to_save, model_format = model, ("peft" if adaptation.is_peft else "full")
+        if adaptation.is_peft and adaptation.merge:
+            to_save, model_format = model.merge_and_unload(), "full"  # LoRA folded into plain weights
+
+        def write_parts(staging: Path) -> None:
+            with quiet_loading():
+                to_save.save_pretrained(staging / "model", safe_serialization=True)
+            processor.save_pretrained(staging / "tokenizer")
+            write_json(staging / "history.json", {"steps": result.history, "evals": result.evals})
+
+        tensors = to_save.state_dict().values() if model_format == "full" else \
+            [p for p in to_save.parameters() if p.requires_grad]
+        report = {"primary_metric": result.metric_name, "best_step": result.best_step, "steps": result.steps,
+                  "stopped_early": result.stopped_early, "train_samples_per_s": round(result.samples_per_s, 2),
+                  "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
+        return Fitted(model, processor, task, val_metrics, test_metrics, model_format, counts, write_parts,
+                      size_hint=sum(p.numel() * p.element_size() for p in tensors) + 2_000_000, report=report,
+                      manifest={"method": cfg.method.model_dump(mode="json")}, train=result)
+
+    def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
+        task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])
+        processor = task.load_processor(artifact_dir / "tokenizer")
+        model_dir = artifact_dir / "model"
+        if manifest["model_format"] == "full":
+            model, _ = task.build_model(model_dir, dropout=None)
+        else:  # an adapter on top of its base model
+            import peft
+
+            # the caller's word on the network, never the manifest's
+            base, _ = task.build_model(resolve_model(manifest["base_model"]["name"], allow_network=allow_network).path,
+                                       dropout=None)
+            with quiet_loading():
+                model = peft.PeftModel.from_pretrained(base, model_dir, trust_remote_code=False)
+        return model.eval(), processor, task
+
+
+def rows_sha256(records: Records) -> str:
+    """A fingerprint of the training rows (order included), so a resumed run knows its data did not change."""
+    digest = hashlib.sha256()
+    for row in records.rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def counted_on(task: Any, cfg: Config, train_part: Records) -> Any:
+    """The task with the counts in its state (``*_counts``: labels, entities, tags) taken from the training
+    part only, after a validation split; the label space stays that of all the given data."""
+    try:
+        part = type(task).from_training_data(cfg, train_part)
+    except TunelabError:
+        return task
+    state = dict(task.state)
+    for key in [k for k in state if k.endswith("_counts")]:
+        if isinstance(state[key], dict) and isinstance(part.state.get(key), dict):
+            state[key] = {name: part.state[key].get(name, 0) for name in state[key]}
+    return type(task)(state)
+
+
+def report_unknown_tokens(tokenizer: Any, features: list[dict[str, Any]], source: str, model: str,
+                          warn_above: float = 0.05) -> float | None:
+    """The share of the text's tokens that the tokenizer maps to its unknown token, with a clear warning
+    above ``warn_above``: a model cannot learn from text it cannot read. None for processors without one."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
+    total = unknown = 0
+    for f in features:
+        ids = [i for i in f.get("input_ids", []) if i not in special]
+        total += len(ids)
+        unknown += sum(1 for i in ids if i == unk)
+    if not total:
+        return None
+    rate = unknown / total
+    if rate > warn_above:
+        print(f"warning: {rate:.0%} of the tokens of {source} are unknown to the tokenizer of {model!r} "
+              f"({tokenizer.unk_token}): the model cannot read most of this text and will learn little from it. "
+              "Use a model whose vocabulary covers the text's language and script (for Chinese, a Chinese or "
+              "multilingual encoder as a local folder)", file=sys.stderr)
+    return round(rate, 4)
+
