@@ -170,7 +170,7 @@ def test_jsonl_saved_as_json_and_conll_under_another_name_are_read(tmp_path: Pat
 
 # ---- configs and overrides ------------------------------------------------------------------------------------
 BAD_OVERRIDES = [
-    (["method.name=lorra"], ["method.name", "'lora'"]),
+    (["method.name=lorra"], ["method.name", "lora, adalora"]),
     (["task=poetry"], ["task.name"]),
     (["train.epochs=-1"], ["train.epochs"]),
     (["train.batch_size=0"], ["train.batch_size"]),
