@@ -11,7 +11,7 @@ Example:
     >>> tunelab.Predictor.load("runs/r").predict("great plot, fine acting")                          # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .offline import apply_offline_default
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .artifact import read_manifest, write_artifact, write_json, write_yaml
 from .config import Config, build_config, load_config
 from .data import Records, read_records

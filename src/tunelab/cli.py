@@ -271,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, rest, [*getattr(args, rest), *extra])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    import tunelab  # noqa: F401  (applies the offline default before anything HF is imported)
 
     try:
         return args.func(args)

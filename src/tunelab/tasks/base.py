@@ -256,6 +256,11 @@ REQUIRED = ("from_training_data", "encode", "collate", "build_model", "loss_sum"
 REQUIRED_UNLESS = (("decode", "predict_records"), ("compute_metrics", "evaluate_features"))
 
 
+def _overrides(task: type[Task], member: str) -> bool:
+    """Whether a class between ``task`` and ``Task`` defines ``member``."""
+    return any(member in vars(k) for k in task.__mro__[: task.__mro__.index(Task)])
+
+
 def register_task(name: str, task: type[Task], *, replace: bool = False) -> type[Task]:
     """Make ``task`` available as ``task: {name: <name>}`` in configs, and to ``Predictor.load``.
 
@@ -273,12 +278,11 @@ def register_task(name: str, task: type[Task], *, replace: bool = False) -> type
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise ConfigError(f"register_task({name!r}, ...): expected a subclass of tunelab.Task, got {task!r}")
     if task.strategies and "finetune" in task.strategies:
-        missing = [m for m in REQUIRED if getattr(task, m) is getattr(Task, m)]
-        missing += [m for m, unless in REQUIRED_UNLESS
-                    if getattr(task, m) is getattr(Task, m) and getattr(task, unless) is getattr(Task, unless)]
+        missing = [m for m in REQUIRED if not _overrides(task, m)]
+        missing += [m for m, unless in REQUIRED_UNLESS if not (_overrides(task, m) or _overrides(task, unless))]
         if missing:
             raise ConfigError(f"register_task({name!r}): {task.__name__} does not define {', '.join(missing)}")
-    if not hasattr(task, "Prediction"):
+    if not _overrides(task, "Prediction"):
         raise ConfigError(f"register_task({name!r}): {task.__name__} has no Prediction schema (a pydantic model)")
     if not (issubclass(task.Options, TaskOptions) and issubclass(task.Columns, DataConfig)):
         raise ConfigError(f"register_task({name!r}): Options must subclass TaskOptions and Columns DataConfig")
