@@ -70,7 +70,8 @@ def run_tunelab(args, method: str, options: dict | None = None) -> dict:
             "test_per_type_f1": {k: v["f1"] for k, v in test["per_type"].items()},
             "dev_f1": run.metrics["f1"], "samples_per_s": run.train.samples_per_s,
             "train_seconds": run.train.train_seconds, "test_eval_seconds": time.perf_counter() - started,
-            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"], "task_options": task, "epochs": args.epochs,
+            "peak_rss_mb": peak_rss_mb(), "trainable_parameters": run.parameters["trainable"], "task_options": task,
+            "epochs": args.epochs,
             "samples_per_s_counts": "training windows" if in_documents else "sentences"}
 
 
@@ -78,8 +79,13 @@ def run_hf(args) -> dict:
     import torch
     from datasets import Dataset
     from seqeval.metrics import f1_score, precision_score, recall_score
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     from tunelab.data import read_records
     from tunelab.models import resolve_model

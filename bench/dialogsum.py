@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import tunelab  # noqa: E402
-from common import peak_rss_mb  # noqa: E402
 from tunelab.data import read_records  # noqa: E402
+
+from common import peak_rss_mb  # noqa: E402
 
 INSTRUCTION = "Summarize the following dialogue in one or two sentences.\n\n{text}"
 COMMON = {

@@ -33,8 +33,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import align_first_subtoken, peak_rss_mb, run_in_subprocess, tags_from_prediction  # noqa: E402
 from config_runs import JOBS, update_results, xquad_split  # noqa: E402
+
+from common import align_first_subtoken, peak_rss_mb, run_in_subprocess, tags_from_prediction  # noqa: E402
 
 
 def load_job_config(job: str, work: Path):

@@ -146,7 +146,7 @@ def main() -> None:
             entry[f"{system}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
             entry[f"{system}_seeds"] = len(accs)
             save()
-    for k, entry in shots.items():
+    for _k, entry in shots.items():
         ours = [name for name in ("tunelab_setfit", "tunelab_in_context") if name in entry]
         if ours:
             best = max(ours, key=lambda n: entry[n])

@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import matmul_peak_gflops, peak_rss_mb, run_in_subprocess  # noqa: E402
+
 HYPER = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "warmup_ratio": 0.06, "weight_decay": 0.01,
          "max_length": 66, "seed": 42, "max_grad_norm": 1.0}
 
@@ -71,7 +72,8 @@ def run_tunelab(args) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm").path)
-    lengths = [len(ids) for ids in tok([r["sentence"] for r in train], truncation=True, max_length=HYPER["max_length"])["input_ids"]]
+    encoded = tok([r["sentence"] for r in train], truncation=True, max_length=HYPER["max_length"])
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     flops = useful_training_flops(lengths, config)
     return {"samples_per_s": run.train.samples_per_s, "dev_accuracy": run.metrics["accuracy"],
             "train_seconds": run.train.train_seconds, "useful_gflops": flops / run.train.train_seconds / 1e9,
@@ -82,8 +84,14 @@ def run_hf(args, best_practice: bool) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from tunelab.models import resolve_model
 

@@ -8,6 +8,7 @@ import sys
 
 import tunelab
 import tunelab.train as loop
+
 from conftest import sentiment_rows
 
 config, kill_at, result_path = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -40,6 +40,7 @@ def test_missing_packaged_model_says_what_to_install(monkeypatch: pytest.MonkeyP
         resolve_model("smollm2")
 
 
+@pytest.mark.slow
 def test_offline_by_default_in_a_fresh_process() -> None:
     code = "import os, tunelab, huggingface_hub.constants as c; print(os.environ['HF_HUB_OFFLINE'], c.HF_HUB_OFFLINE)"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TUNELAB_ALLOW_NETWORK")}

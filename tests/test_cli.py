@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tunelab.cli import main
@@ -18,6 +19,7 @@ def _write(tmp_path: Path, tiny_bert: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_train_predict_eval_info(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     config = _write(tmp_path, tiny_bert)
     assert main(["train", str(config), "train.epochs=2", "method.r=4"]) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
@@ -124,6 +125,7 @@ def _rows(n: int) -> list[dict[str, str]]:
     return [{"text": " ".join(words[: 1 + (i * 5) % 11])} for i in range(n)]
 
 
+@pytest.mark.slow
 def test_custom_task_and_method_go_from_config_to_the_cli(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = {"task": {"name": "length_bucket", "boundaries": [3, 7]}, "method": {"name": "top_layers", "n": 1},
            "model": str(tiny_bert), "output_dir": str(tmp_path / "run"), "data": {"max_length": 32},
@@ -176,7 +178,7 @@ def test_registration_checks_the_protocol() -> None:
         def encode(self, records: Records, processor: Any, *, with_labels: bool) -> list[dict[str, Any]]:
             return []
 
-    import pytest
+
 
     with pytest.raises(tunelab.ConfigError, match="does not define from_training_data, collate, build_model"):
         tunelab.register_task("half", Half)

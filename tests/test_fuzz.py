@@ -458,6 +458,7 @@ def test_leftovers_of_killed_saves_are_cleaned_and_a_stranded_artifact_recovered
     tunelab.Predictor.load(run).predict(["fine"])
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_a_loadable_state(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "run", epochs=1)
     child = ("import json, os, signal, sys\nimport tunelab, tunelab.api as api\nfrom conftest import sentiment_rows\n"
@@ -473,6 +474,7 @@ def test_sigkill_while_saving_leaves_a_loadable_state(tiny_bert: Path, tmp_path:
     assert run.artifact_dir.is_dir()
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_of_training_then_resume(tiny_bert: Path, tmp_path: Path) -> None:
     import random
 

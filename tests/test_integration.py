@@ -9,7 +9,7 @@ import tunelab
 
 from conftest import sentiment_rows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_minilm_lora_round_trip(tmp_path: Path) -> None:

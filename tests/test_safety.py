@@ -99,6 +99,7 @@ def test_tokenizer_auto_map_code_never_runs_even_with_yes_on_stdin(artifact: Pat
     assert sys.stdin.read() == "y\ny\ny\n"  # nothing was asked
 
 
+@pytest.mark.slow
 def test_tokenizer_auto_map_in_a_subprocess_with_piped_yes(artifact: Path, tmp_path: Path) -> None:
     art = _copy(artifact, tmp_path)
     marker = tmp_path / "PWNED"
@@ -137,6 +138,7 @@ def test_foreign_artifact_folder_is_never_replaced(tiny_bert: Path, tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".tunelab.lock", "artifact"]
 
 
+@pytest.mark.slow
 def test_replacing_own_artifact_is_said(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "run", epochs=1)
     tunelab.fit(cfg, train=sentiment_rows(40))
@@ -215,6 +217,7 @@ def _interrupted(tiny_bert: Path, tmp_path: Path, **train) -> tuple[dict, Path]:
     return cfg, tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_resume_with_changed_learning_rate_names_the_field(tiny_bert: Path, tmp_path: Path) -> None:
     cfg, run_dir = _interrupted(tiny_bert, tmp_path)
     changed = {**cfg, "train": {**cfg["train"], "resume": True, "learning_rate": 5e-4}}
@@ -234,6 +237,7 @@ def test_resume_with_changed_method_or_rank_is_refused(tiny_bert: Path, tmp_path
     assert (run_dir / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_forgetting_resume_does_not_discard_the_checkpoint(tiny_bert: Path, tmp_path: Path) -> None:
     cfg, run_dir = _interrupted(tiny_bert, tmp_path)
     with pytest.raises(tunelab.TrainingError, match=r"unfinished run \(step \d+ of \d+\).*train\.resume=true"):

@@ -27,6 +27,7 @@ def _child(config: dict, kill_at: int, result: Path) -> subprocess.CompletedProc
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_ends_with_identical_metrics(tiny_bert: Path, tmp_path: Path) -> None:
     train = {"epochs": 3, "batch_size": 8, "checkpoint_every": 3, "eval_every": 4, "learning_rate": 2e-3}
     straight = tiny_config(tiny_bert, tmp_path / "straight", **train)
@@ -47,12 +48,14 @@ def test_sigkill_and_resume_ends_with_identical_metrics(tiny_bert: Path, tmp_pat
     assert a["metrics"] == b["metrics"]
 
 
+@pytest.mark.slow
 def test_rerun_with_same_seed_gives_same_metrics(tiny_bert: Path, tmp_path: Path) -> None:
     runs = [tunelab.fit(tiny_config(tiny_bert, tmp_path / f"r{i}", epochs=1), train=sentiment_rows(40)) for i in range(2)]
     assert [h["loss"] for h in runs[0].train.history] == [h["loss"] for h in runs[1].train.history]
     assert tunelab.metrics.scalar_metrics(runs[0].metrics) == tunelab.metrics.scalar_metrics(runs[1].metrics)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_is_normalised_over_the_window(tiny_bert: Path, tmp_path: Path) -> None:
     """One SGD step on 10 examples as 1x10, 2x5 or 4+4+2 (accumulated) must give the same update; with
     uneven micro-batches, averaging per micro-batch would not."""
@@ -136,6 +139,7 @@ def test_peft_passthrough_reaches_peft(tiny_bert: Path, tmp_path: Path) -> None:
     assert adapter["bias"] == "lora_only" and adapter["use_rslora"] is True
 
 
+@pytest.mark.slow
 def test_tensorboard_tracking_is_opt_in(tiny_bert: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "tracked"
     tunelab.fit(tiny_config(tiny_bert, run_dir, max_steps=4, log_every=2, eval_every=2, track="tensorboard"),

@@ -11,13 +11,13 @@ Example:
     >>> tunelab.Predictor.load("runs/r").predict("great plot, fine acting")                          # doctest: +SKIP
 """
 
-from .version import __version__
-
 from .offline import apply_offline_default
+from .version import __version__
 
 apply_offline_default()  # before transformers/huggingface_hub are imported anywhere
 
 from . import registry  # noqa: E402
+from .api import Run, evaluate, fit, summary  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
@@ -29,10 +29,9 @@ from .errors import (  # noqa: E402
 )
 from .hooks import StepContext, TrainHook  # noqa: E402
 from .methods import Adaptation, register_method  # noqa: E402
-from .tasks import Task, register_task  # noqa: E402
-from .strategies import register_strategy  # noqa: E402
 from .predictor import Predictor  # noqa: E402
-from .api import Run, evaluate, fit, summary  # noqa: E402
+from .strategies import register_strategy  # noqa: E402
+from .tasks import Task, register_task  # noqa: E402
 
 __all__ = [
     "Adaptation",

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .version import __version__
 from .artifact import read_manifest, write_artifact, write_json, write_yaml
 from .config import Config, build_config, load_config
 from .data import Records, read_records
@@ -38,6 +37,7 @@ from .registry import STRATEGIES
 from .rundir import claim_run_dir
 from .strategies import FitJob, Fitted, choose_strategy
 from .train import TrainResult
+from .version import __version__
 
 
 @dataclass

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig
-from .models import load_pretrained, quiet_loading, resolve_model
 from .inference import batched
+from .models import load_pretrained, quiet_loading, resolve_model
 from .prompts import ensure_chat_template
 
 

@@ -61,7 +61,7 @@ def _existing(path: str, what: str) -> Path:
 def _predict_inputs(args: argparse.Namespace) -> Any:
     """Records to predict for, each with its row number: --file, the arguments, or stdin (every line is an
     input, blank ones included, so output line N answers input line N)."""
-    from .data import Records, read_records
+    from .data import read_records
 
     if args.file:
         return read_records(_existing(args.file, "input"), format=args.format, encoding=args.encoding)

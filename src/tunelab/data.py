@@ -120,7 +120,8 @@ def _decode(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
-            f"{path} line {line}: not valid {encoding.upper() if encoding.lower().startswith('utf') else encoding} (byte {raw[err.start]:#04x} at offset {err.start}); "
+            f"{path} line {line}: not valid {encoding.upper() if encoding.lower().startswith('utf') else encoding} "
+            f"(byte {raw[err.start]:#04x} at offset {err.start}); "
             "set data.encoding (--encoding) to the file's encoding, e.g. latin-1 or gbk"
         ) from None
 

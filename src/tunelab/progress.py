@@ -1,4 +1,5 @@
-"""Progress for every long phase: a tqdm bar on a terminal; elsewhere (CI, logs, pipes) a line every ``TUNELAB_PROGRESS_SECONDS`` (30) seconds, with the rate and the time left.
+"""Progress for every long phase: a tqdm bar on a terminal; elsewhere (CI, logs, pipes) a line every
+``TUNELAB_PROGRESS_SECONDS`` (30) seconds, with the rate and the time left.
 
 Example:
     >>> from tunelab.progress import progress

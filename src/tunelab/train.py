@@ -38,6 +38,7 @@ from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
 from .metrics import scalar_metrics
 
+
 @dataclass
 class LoopInputs:
     """Everything the loop needs, as plain values."""
@@ -256,7 +257,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             st["bad_evals"] += 1
         if cfg.track != "none":
             accelerator.log({f"eval/{k}": v for k, v in scalar_metrics(metrics).items()}, step=st["step"])
-        msg = f"step {st['step']}/{total_steps}: eval {metric_name}={value:.4f} (best {st['best_metric']:.4f} at step {st['best_step']})"
+        msg = (f"step {st['step']}/{total_steps}: eval {metric_name}={value:.4f} "
+               f"(best {st['best_metric']:.4f} at step {st['best_step']})")
         if bar.disable:
             print(msg, file=sys.stderr, flush=True)
         else:
@@ -281,9 +283,10 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                 batch = {k: v.to(device) for k, v in collate(micro_features).items()}
                 labels = batch.pop("labels")
 
-                def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, **overrides: Any) -> torch.Tensor:
+                def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, items: int = window_items,
+                                 **overrides: Any) -> torch.Tensor:
                     outputs = model(**with_overrides(batch, overrides))
-                    return inp.task.loss_sum(outputs, labels, weights) / max(window_items, 1)
+                    return inp.task.loss_sum(outputs, labels, weights) / max(items, 1)
 
                 loss = compute_loss()
                 ctx = StepContext(accelerator.unwrap_model(model), batch, labels, st["step"], len(micro) / window_examples,
@@ -306,7 +309,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
             else:
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
-                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+                norms = [torch.linalg.vector_norm(g) for g in grads]
+                grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if grads else 0.0
             for hook in inp.hooks:
                 hook.before_optimizer_step(accelerator.unwrap_model(model), st["step"])
             optimizer.step()

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import tunelab
-from conftest import sentiment_rows
-from tunelab.errors import ConfigError, DataError
 from tunelab.causal_lm import continuation_logprobs, load_tokenizer, next_token_logprobs
+from tunelab.errors import ConfigError, DataError
 from tunelab.metrics import span_metrics
-from tunelab.tasks.prompted_ner import parse_entities
 from tunelab.strategies.setfit import sample_pairs
+from tunelab.tasks.prompted_ner import parse_entities
+
+from conftest import sentiment_rows
 
 
 def test_entity_parser_finds_spans_and_reports_the_rest() -> None:
@@ -32,6 +33,7 @@ def test_span_metrics_are_strict() -> None:
     assert m["precision"] == m["recall"] == 0.5 and m["per_type"]["LOC"]["f1"] == 0.0
 
 
+@pytest.mark.slow
 def test_single_token_fast_path_equals_general_scoring(tiny_llama: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -44,6 +46,7 @@ def test_single_token_fast_path_equals_general_scoring(tiny_llama: Path) -> None
     np.testing.assert_allclose(fast.reshape(-1), slow, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_zero_shot_classifier_is_an_artifact_like_any_other(tiny_llama: Path, tmp_path: Path) -> None:
     dev = sentiment_rows(12, seed=5)
     run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "zs"), validation=dev,
@@ -77,6 +80,7 @@ def test_calibration_removes_a_constant_label_bias(tiny_llama: Path, tmp_path: P
     assert isinstance(calibrated.task, PromptClassifier)
 
 
+@pytest.mark.slow
 def test_few_shot_in_context_picks_similar_demonstrations(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
     pool = [{"text": "the soup was cold", "label": "neg"}, {"text": "the movie was superb", "label": "pos"},
             {"text": "the soup was hot and tasty", "label": "pos"}, {"text": "the movie was a bore", "label": "neg"}]

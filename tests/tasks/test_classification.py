@@ -22,6 +22,7 @@ def _fit(tiny_bert: Path, out: Path, rows=None, method="full", task=None, data=N
     return tunelab.fit(cfg, train=rows if rows is not None else sentiment_rows(80))
 
 
+@pytest.mark.slow
 def test_single_label_full_learns_and_writes_artifact(tiny_bert: Path, tmp_path: Path) -> None:
     run = _fit(tiny_bert, tmp_path / "run", epochs=6, learning_rate=3e-3)
     assert run.metrics["accuracy"] >= 0.85, run.metrics
@@ -48,6 +49,7 @@ def test_artifact_round_trip_gives_identical_predictions(tiny_bert: Path, tmp_pa
     np.testing.assert_allclose([p["scores"]["pos"] for p in loaded], [p["scores"]["pos"] for p in in_memory], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning"])
 def test_peft_methods_train_save_and_reload(method: str, tiny_bert: Path, tmp_path: Path) -> None:
     options = {"num_virtual_tokens": 4} if method.endswith("_tuning") else {}
@@ -65,6 +67,7 @@ def test_peft_methods_train_save_and_reload(method: str, tiny_bert: Path, tmp_pa
     assert [set(p) for p in preds] == [{"label", "score", "scores"}] * 2
 
 
+@pytest.mark.slow
 def test_lora_merge_matches_unmerged(tiny_bert: Path, tmp_path: Path) -> None:
     kw = dict(epochs=1, learning_rate=5e-3)
     unmerged = _fit(tiny_bert, tmp_path / "u", method={"name": "lora"}, **kw)
@@ -77,6 +80,7 @@ def test_lora_merge_matches_unmerged(tiny_bert: Path, tmp_path: Path) -> None:
     assert [p["label"] for p in a] == [p["label"] for p in b]
 
 
+@pytest.mark.slow
 def test_model_part_loads_with_plain_transformers_and_peft(tiny_bert: Path, tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
@@ -105,6 +109,7 @@ def test_multi_label(tiny_bert: Path, tmp_path: Path) -> None:
     assert set(pred) == {"labels", "scores"} and set(pred["scores"]) == {"blue", "green", "red"}
 
 
+@pytest.mark.slow
 def test_regression(tiny_bert: Path, tmp_path: Path) -> None:
     words = {"awful": 1.0, "poor": 2.0, "fine": 3.0, "good": 4.0, "superb": 5.0}
     rows = [{"text": f"the hotel was {w}", "label": v} for w, v in words.items()] * 12

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import tunelab
+from tunelab.causal_lm import cut_at_stop, generate_ids, load_tokenizer, stream_ids
 from tunelab.config import GenerateConfig, build_config
 from tunelab.data import read_records
 from tunelab.errors import ConfigError, DataError
-from tunelab.causal_lm import cut_at_stop, generate_ids, load_tokenizer, stream_ids
 from tunelab.metrics import generation_metrics
 from tunelab.registry import TASKS
 from tunelab.tasks.generation import GenerationTask
@@ -136,6 +136,7 @@ def test_generation_metrics_words_and_chinese_characters() -> None:
     assert zh["scored_on"] == "characters" and zh["rouge1"] == pytest.approx(100 * 4 / 6)
 
 
+@pytest.mark.slow
 def test_summarization_lora_sft_end_to_end(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"text": f"the {a} ate the {b}", "target": f"{a} ate"} for a in ("cat", "dog", "fox", "owl")
             for b in ("fish", "cake", "seed", "rice", "corn")]
@@ -158,6 +159,7 @@ def test_summarization_lora_sft_end_to_end(tiny_llama: Path, tmp_path: Path, cap
     assert capsys.readouterr().out.strip() == out[0]["text"]
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_the_same_model(tiny_llama: Path, tmp_path: Path) -> None:
     rows = [{"text": f"the {a} ate the {b}", "target": f"{a} ate"} for a in ("cat", "dog", "fox", "owl")
             for b in ("fish", "cake", "seed", "rice")]

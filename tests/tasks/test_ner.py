@@ -96,7 +96,7 @@ def test_label_on_first_subtoken_only(tiny_bert: Path) -> None:
     (feat,) = feats
     pieces = [w for w in feat["word_ids"] if w == 0]
     assert len(pieces) > 1  # "Unbelievably" is split into several sub-tokens
-    labelled = [(w, l) for w, l in zip(feat["word_ids"], feat["labels"]) if l != -100]
+    labelled = [(w, y) for w, y in zip(feat["word_ids"], feat["labels"]) if y != -100]
     assert labelled == [(0, 0), (1, 1)]  # [CLS]/[SEP]/continuation pieces are ignored by the loss
 
 
@@ -106,7 +106,7 @@ def test_long_input_is_windowed_without_dropping_tokens(tiny_bert: Path) -> None
     task = _task([{"tokens": tokens, "tags": tags}], stride=4)
     feats = task.encode(read_records([{"tokens": tokens, "tags": tags}]), _tok(tiny_bert), with_labels=True)
     assert len(feats) > 2 and all(len(f["input_ids"]) <= 16 for f in feats)
-    covered = {w for f in feats for w, l in zip(f["word_ids"], f["labels"]) if l != -100}
+    covered = {w for f in feats for w, y in zip(f["word_ids"], f["labels"]) if y != -100}
     assert covered == set(range(40))
     import numpy as np
 
@@ -130,7 +130,7 @@ def test_case_markers_give_an_uncased_tokenizer_capitalisation(tiny_bert: Path) 
     markers = [k for k, t in enumerate(pieces) if t in CASE_MARKERS]
     # a marker belongs to no word: no label, never read as a prediction
     assert all(feat["word_ids"][k] is None and feat["labels"][k] == -100 for k in markers)
-    assert [l for l in feat["labels"] if l != -100] == [task.label_to_id[t] for t in rows[0]["tags"]]
+    assert [y for y in feat["labels"] if y != -100] == [task.label_to_id[t] for t in rows[0]["tags"]]
     plain = _task(rows, case_markers=False)
     plain.prepare_processor(_tok(tiny_bert))
     (feat,) = plain.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
@@ -188,6 +188,7 @@ def test_bad_records_name_file_record_and_field(tmp_path: Path) -> None:
 
 
 # ---- end to end ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ner_trains_evaluates_and_predicts_spans(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "ner", epochs=8, learning_rate=3e-3)
     cfg["task"] = "ner"
@@ -202,6 +203,7 @@ def test_ner_trains_evaluates_and_predicts_spans(tiny_bert: Path, tmp_path: Path
     assert {(e["type"], e["text"]) for e in pred["entities"]} == {("PER", "Carol"), ("LOC", "Lima")}
 
 
+@pytest.mark.slow
 def test_ner_with_document_context_trains_and_predicts(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "doc", epochs=10, learning_rate=3e-3, batch_size=4)
     cfg.update(task={"name": "ner", "document_context": True, "stride": 8})
@@ -215,6 +217,7 @@ def test_ner_with_document_context_trains_and_predicts(tiny_bert: Path, tmp_path
     assert {(e["type"], e["text"]) for e in pred["entities"]} == {("PER", "Carol"), ("LOC", "Lima")}
 
 
+@pytest.mark.slow
 def test_ner_lora_and_chinese_bmes(tiny_bert: Path, tmp_path: Path) -> None:
     path = tmp_path / "train.char.bmes"
     lines = []

@@ -92,6 +92,7 @@ def test_long_context_windows_and_answer_positions(tiny_bert: Path) -> None:
     assert task.compute_metrics(outputs, feats)["exact_match"] == 1.0
 
 
+@pytest.mark.slow
 def test_qa_trains_and_predicts_spans(tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / "qa", epochs=10, learning_rate=3e-3)
     cfg.update(task="qa")

@@ -8,8 +8,7 @@ import pytest
 
 import tunelab
 from tunelab.data import read_records
-from tunelab.tasks.relation import relation_metrics
-from tunelab.tasks.relation import mark_entities, relation_type, tag_spans
+from tunelab.tasks.relation import mark_entities, relation_metrics, relation_type, tag_spans
 
 from conftest import tiny_config
 
@@ -76,6 +75,7 @@ def toy_relations(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_relation_trains_with_marker_embeddings(method: str, tiny_bert: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_bert, tmp_path / method, epochs=6, learning_rate=3e-3 if method == "full" else 1e-2)

@@ -30,12 +30,13 @@ from ..hooks import StepContext, TrainHook
 from ..models import load_pretrained, quiet_loading
 from ..probabilities import softmax
 from ..sentence_embeddings import Embedder
-from ..tasks.prompted_classification import LabelPrediction
 from ..tasks.base import Task
+from ..tasks.prompted_classification import LabelPrediction
 from .base import FitJob, Fitted, is_causal_lm
 
 
-def sample_pairs(labels: list[int], pairs_per_example: int, seed: int, max_pairs: int | None = None) -> list[tuple[int, int, float]]:
+def sample_pairs(labels: list[int], pairs_per_example: int, seed: int,
+                 max_pairs: int | None = None) -> list[tuple[int, int, float]]:
     """Contrastive pairs, half positive (same label) and half negative: every unique pair of distinct
     examples once, the smaller side cycled to match the larger (SetFit's "oversampling"), and at least
     ``pairs_per_example`` x n pairs in all (cycling both sides) when that is more; at most ``max_pairs``.

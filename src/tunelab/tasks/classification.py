@@ -90,7 +90,8 @@ class ClassificationTask(Task):
         if cfg.task.problem_type != "regression":
             seen: Counter[str] = Counter()
             for i, row in enumerate(train.rows):
-                for name in _label_names(row.get(d.label_column), train, i, d.label_column, cfg.task.problem_type, d.label_separator):
+                for name in _label_names(row.get(d.label_column), train, i, d.label_column, cfg.task.problem_type,
+                                         d.label_separator):
                     seen[name] += 1
             if len(seen) < 2 and cfg.task.problem_type == "single_label":
                 raise DataError(f"{train.source}: column {d.label_column!r} has only one label ({list(seen)}); need two or more")
@@ -284,7 +285,8 @@ def _label_names(raw: Any, records: Records, i: int, column: str, problem_type: 
             raise DataError(f"{records.where(i)}, column {column!r}: no labels in {raw!r}")
         return names
     if isinstance(raw, (list, tuple, dict)):
-        raise DataError(f"{records.where(i)}, column {column!r}: expected one label, got {raw!r} (multi-label? set task.problem_type)")
+        raise DataError(f"{records.where(i)}, column {column!r}: expected one label, got {raw!r} "
+                        "(multi-label? set task.problem_type)")
     return [_label_str(raw)]
 
 

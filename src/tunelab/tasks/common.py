@@ -12,7 +12,8 @@ from ..errors import DataError
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout")
 
 
-def load_with_head(auto_class: Any, model_path: Any, dropout: float | None, **config_updates: Any) -> tuple[torch.nn.Module, list[str]]:
+def load_with_head(auto_class: Any, model_path: Any, dropout: float | None,
+                   **config_updates: Any) -> tuple[torch.nn.Module, list[str]]:
     """``auto_class.from_pretrained`` with config updates (labels, problem type) and an optional dropout
     override; returns the model and the names of its newly initialised (head) modules, which must always
     train and always be saved."""

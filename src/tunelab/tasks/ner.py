@@ -23,7 +23,6 @@ Metrics are entity-level precision/recall/F1 with seqeval's strict IOB2 semantic
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from functools import partial
@@ -39,8 +38,8 @@ from ..batching import pad_batch
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records
 from ..errors import ConfigError, DataError
-from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
 from ..probabilities import softmax
+from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
 from .base import Task
 from .common import label_weights, special_tokens_around
 from .prompted_ner import Entity, PromptExtractor
@@ -278,7 +277,8 @@ class NerTask(Task):
             previous = document
         return groups
 
-    def _with_case_markers(self, ids: list[int], word_ids: list[int | None], words: list[str]) -> tuple[list[int], list[int | None]]:
+    def _with_case_markers(self, ids: list[int], word_ids: list[int | None],
+                           words: list[str]) -> tuple[list[int], list[int | None]]:
         """Insert a case marker before the first sub-token of each capitalised / all-caps word. Markers
         belong to no word: they carry no label and are never read as a prediction."""
         markers = self.state.get("marker_ids")

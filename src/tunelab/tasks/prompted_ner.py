@@ -18,7 +18,6 @@ from .base import Task
 from .prompted_classification import _text
 from .words import join_tokens
 
-
 LINE_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*([A-Za-z_][\w\- ]*?)\s*[:=\-–]\s*(.+?)\s*$")
 
 

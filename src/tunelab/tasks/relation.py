@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from pydantic import BaseModel, Field
 
 from ..batching import pad_batch
@@ -79,7 +78,8 @@ def tag_spans(text: str, e1: tuple[int, int], e2: tuple[int, int], where: str) -
             raise DataError(f"{where}: span {name} [{a}, {b}) is outside the text (length {len(text)})")
     if e1[0] < e2[1] and e2[0] < e1[1]:
         raise DataError(f"{where}: spans e1 {list(e1)} and e2 {list(e2)} overlap")
-    inserts = sorted([(e1[0], "<e1>"), (e1[1], "</e1>"), (e2[0], "<e2>"), (e2[1], "</e2>")], key=lambda x: (x[0], "/" not in x[1]))
+    inserts = sorted([(e1[0], "<e1>"), (e1[1], "</e1>"), (e2[0], "<e2>"), (e2[1], "</e2>")],
+                     key=lambda x: (x[0], "/" not in x[1]))
     out, last = [], 0
     for pos, tag in inserts:
         out.append(text[last:pos])
@@ -263,7 +263,8 @@ class RelationTask(Task):
                 encoder.resize_token_embeddings(self.state["vocab_size"], mean_resizing=False)
         head_dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
         model = EntityMarkerModel(encoder, len(self.labels), head_dropout)
-        head_file = Path(model_path) / "head.safetensors" if not isinstance(model_path, str) or Path(model_path).exists() else None
+        local = not isinstance(model_path, str) or Path(model_path).exists()
+        head_file = Path(model_path) / "head.safetensors" if local else None
         if head_file is not None and head_file.is_file():
             model.classifier.load_state_dict(load_file(str(head_file)))
         return model, ["classifier"]

@@ -54,7 +54,9 @@ def join_tokens(tokens: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """A text for pre-split tokens (space-joined; CJK characters joined without spaces) and offsets."""
     text, offsets = "", []
     for i, tok in enumerate(tokens):
-        if i and not (len(tok) == 1 and len(tokens[i - 1]) == 1 and re.match(f"[{_CJK}]", tok) and re.match(f"[{_CJK}]", tokens[i - 1])):
+        both_cjk = len(tok) == 1 and len(tokens[i - 1]) == 1 and re.match(f"[{_CJK}]", tok) \
+            and re.match(f"[{_CJK}]", tokens[i - 1])
+        if i and not both_cjk:
             text += " "
         offsets.append((len(text), len(text) + len(tok)))
         text += tok
