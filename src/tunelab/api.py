@@ -195,7 +195,11 @@ def evaluate(artifact: str | Path, data: Any) -> dict[str, Any]:
 
 
 def summary(run: Run) -> str:
-    """A short human-readable report of a run."""
+    """A short human-readable report of a run.
+
+    Args:
+        run: what ``fit`` returned.
+    """
     m = scalar_metrics(run.metrics)
     strategy = (run.live.manifest.get("strategy") if run.live is not None else None) or "finetune"
     primary = run.train.metric_name if run.train else ("accuracy" if "accuracy" in m else "f1" if "f1" in m else "rougeL")

@@ -243,6 +243,7 @@ class Config(_Strict):
         return self.train.learning_rate or METHODS.get(self.method.name).default_learning_rate
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, defaults included, as plain JSON-able data (what the artifact's config.yaml holds)."""
         return self.model_dump(mode="json")
 
 
@@ -333,7 +334,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file and apply ``key=value`` overrides."""
+    """Read a YAML config file and apply ``key=value`` overrides.
+
+    Args:
+        path: the YAML file (None: the defaults); relative data paths in it are relative to the file.
+        overrides: CLI-style ``key.sub=value`` strings, values parsed as YAML.
+
+    Example:
+        >>> load_config(None, ["task=ner", "task.stride=8"]).task.stride
+        8
+    """
     data: dict[str, Any] = {}
     source = ""
     if path is not None:

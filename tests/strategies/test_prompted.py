@@ -52,7 +52,9 @@ def test_zero_shot_classifier_is_an_artifact_like_any_other(tiny_llama: Path, tm
     run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "zs"), validation=dev,
                       task={"name": "classification", "labels": ["neg", "pos"]},
                       prompt={"template": "Review: {text}\nIs it {labels}?", "verbalizers": {"pos": "great", "neg": "bad"}})
-    assert run.train is None and 0.0 <= run.metrics["accuracy"] <= 1.0
+    assert run.train is None
+    hits = [p["label"] == r["label"] for p, r in zip(run.live.predict(dev), dev)]
+    assert run.metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
     manifest = run.live.manifest
     assert manifest["strategy"] == "zero_shot" and manifest["model_format"] == "none"
     assert len(manifest["task"]["state"]["calibration"]) == 2  # content-free label prior was measured

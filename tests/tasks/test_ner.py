@@ -4,7 +4,9 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+from seqeval.scheme import IOB2
 
 import tunelab
 from tunelab.config import build_config
@@ -142,26 +144,34 @@ def test_document_context_reads_neighbours_and_scores_per_record(tiny_bert: Path
 
     rows = [dict(r, document=i // 3) for i, r in enumerate(toy_sentences(7))]  # documents of 3, 3 and 1 records
     task = _task(rows, document_context=True, case_markers=False)
-    assert task._groups(read_records(rows)) == [[0, 1, 2], [3, 4, 5], [6]]
     unnamed = [{k: v for k, v in r.items() if k != "document"} for r in rows]
-    assert task._groups(read_records(unnamed)) == [list(range(7))]  # one running text
+    one_text = task.encode(read_records(unnamed), _tok(tiny_bert), with_labels=True)
+    assert {f["record"] for f in one_text} == {0}  # records naming no document: one running text
     feats = task.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
-    assert {f["record"] for f in feats} == {0, 1, 2}
+    assert {f["record"] for f in feats} == {0, 1, 2}  # documents of 3, 3 and 1 records
     first = next(f for f in feats if f["record"] == 0)
     assert len({w for w in first["word_ids"] if w is not None}) > len(rows[0]["tokens"])  # sees the next sentence
     outputs = [np.random.default_rng(0).normal(size=(len(f["input_ids"]), len(task.labels))).astype("float32") for f in feats]
     predictions = task.decode(outputs, feats)
     assert [p["words"] for p in predictions] == [r["tokens"] for r in rows]
-    assert task.compute_metrics(outputs, feats)["f1"] >= 0.0
+    from seqeval.metrics import f1_score
+
+    expected = f1_score([r["tags"] for r in rows], [p["tags"] for p in predictions], mode="strict", scheme=IOB2)
+    assert task.compute_metrics(outputs, feats)["f1"] == pytest.approx(expected)
 
 
 def test_raw_text_with_character_offsets(tiny_bert: Path) -> None:
     rows = [{"text": "Dr. Alice Smith moved to Oslo.", "entities": [{"start": 4, "end": 15, "label": "PER"},
                                                                   {"start": 25, "end": 29, "label": "LOC", "text": "Oslo"}]}]
-    task = _task(rows)
-    (ex,) = task._examples(read_records(rows), with_labels=True)
-    assert ex["words"][:4] == ["Dr", ".", "Alice", "Smith"]
-    assert ex["tags"] == ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    task = _task(rows, case_markers=False)
+    feats = task.encode(read_records(rows), _tok(tiny_bert), with_labels=True)
+    # the gold labels, decoded as if the model had predicted them, give back the words, tags and spans
+    gold = [np.eye(len(task.labels), dtype="float32")[[max(y, 0) for y in f["labels"]]] for f in feats]
+    (pred,) = task.decode(gold, feats)
+    assert pred["words"][:4] == ["Dr", ".", "Alice", "Smith"]
+    assert pred["tags"] == ["O", "O", "B-PER", "I-PER", "O", "O", "B-LOC", "O"]
+    assert [(e["type"], e["start"], e["end"], e["text"]) for e in pred["entities"]] == \
+        [("PER", 4, 15, "Alice Smith"), ("LOC", 25, 29, "Oslo")]
 
 
 def test_bad_records_name_file_record_and_field(tmp_path: Path) -> None:

@@ -39,30 +39,39 @@ def test_squad_normalisation_and_scores() -> None:
     assert squad_scores("", []) == (1.0, 1.0)
 
 
-def test_squad_json_is_flattened(tmp_path: Path) -> None:
+def _tok(tiny_bert: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def test_squad_json_is_flattened(tmp_path: Path, tiny_bert: Path) -> None:
     squad = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Paris is in France.", "qas": [
         {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]}]}]}]}
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(squad), encoding="utf-8")
     cfg = build_config({"task": "qa"})
     task = QaTask.from_training_data(cfg, read_records(path))
-    (ex,) = task._examples(read_records(path), with_labels=True)
-    assert ex["answers"] == [("France", 12)] and ex["question"] == "Where is Paris?"
+    (feat,) = task.encode(read_records(path), _tok(tiny_bert), with_labels=True)
+    start, end = feat["labels"]
+    context = feat["context"]
+    assert context[feat["offsets"][start][0]:feat["offsets"][end][1]] == "France" and feat["id"] == "q1"
 
 
-def test_bad_answers_and_contexts_are_reported(tmp_path: Path) -> None:
+def test_bad_answers_and_contexts_are_reported(tmp_path: Path, tiny_bert: Path) -> None:
     task = QaTask.from_training_data(build_config({"task": "qa"}), read_records(toy_qa(2)))
+    tok = _tok(tiny_bert)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q?", "context": "the cat was red .", "answers": {"text": ["red"], "answer_start": [3]}}) + "\n",
                    encoding="utf-8")
     with pytest.raises(tunelab.DataError, match=r"bad\.jsonl line 1, field 'answers': answer 'red' does not match the context at answer_start=3"):
-        task._examples(read_records(bad), with_labels=True)
+        task.encode(read_records(bad), tok, with_labels=True)
     with pytest.raises(tunelab.DataError, match="field 'context': empty context"):
-        task._examples(read_records([{"question": "q?", "context": " ", "answers": []}]), with_labels=True)
+        task.encode(read_records([{"question": "q?", "context": " ", "answers": []}]), tok, with_labels=True)
     with pytest.raises(tunelab.DataError, match="no answer; for unanswerable questions set task.allow_unanswerable"):
-        task._examples(read_records([{"question": "q?", "context": "c", "answers": []}]), with_labels=True)
+        task.encode(read_records([{"question": "q?", "context": "c", "answers": []}]), tok, with_labels=True)
     with pytest.raises(tunelab.DataError, match="empty question"):
-        task._examples(read_records([{"question": "", "context": "c"}]), with_labels=False)
+        task.encode(read_records([{"question": "", "context": "c"}]), tok, with_labels=False)
 
 
 def test_long_context_windows_and_answer_positions(tiny_bert: Path) -> None:
