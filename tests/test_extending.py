@@ -116,8 +116,8 @@ def top_layers(model: torch.nn.Module, options: TopLayersOptions, target: Any) -
     return tunelab.Adaptation(model, is_peft=False)
 
 
-tunelab.register_task("length_bucket", LengthBucketTask, replace=True)
-tunelab.register_method("top_layers", top_layers, options=TopLayersOptions, default_learning_rate=1e-3, replace=True)
+tunelab.register_task("word_count_bucket", LengthBucketTask, replace=True)
+tunelab.register_method("top_n_layers", top_layers, options=TopLayersOptions, default_learning_rate=1e-3, replace=True)
 
 
 def _rows(n: int) -> list[dict[str, str]]:
@@ -127,12 +127,12 @@ def _rows(n: int) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_custom_task_and_method_go_from_config_to_the_cli(tiny_bert: Path, tmp_path: Path) -> None:
-    cfg = {"task": {"name": "length_bucket", "boundaries": [3, 7]}, "method": {"name": "top_layers", "n": 1},
+    cfg = {"task": {"name": "word_count_bucket", "boundaries": [3, 7]}, "method": {"name": "top_n_layers", "n": 1},
            "model": str(tiny_bert), "output_dir": str(tmp_path / "run"), "data": {"max_length": 32},
            "train": {"epochs": 3, "batch_size": 8, "seed": 1}}
     run = tunelab.fit(cfg, train=_rows(60))
     manifest = run.live.manifest
-    assert manifest["task"]["name"] == "length_bucket" and manifest["method"] == {"name": "top_layers", "n": 1}
+    assert manifest["task"]["name"] == "word_count_bucket" and manifest["method"] == {"name": "top_n_layers", "n": 1}
     assert set(run.metrics) == {"bucket_accuracy", "mean_bucket_error"}
 
     # the method froze the embeddings and layer 0, trained layer 1 and the head
@@ -168,7 +168,7 @@ def test_custom_task_and_method_go_from_config_to_the_cli(tiny_bert: Path, tmp_p
 
     env.pop("TUNELAB_PLUGINS")
     done = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 2 and "unknown task 'length_bucket'" in done.stderr and "TUNELAB_PLUGINS" in done.stderr
+    assert done.returncode == 2 and "unknown task 'word_count_bucket'" in done.stderr and "TUNELAB_PLUGINS" in done.stderr
 
 
 def test_registration_checks_the_protocol() -> None:

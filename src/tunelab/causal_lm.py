@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig
+from .errors import ConfigError
 from .inference import batched
 from .models import load_pretrained, quiet_loading, resolve_model
 from .prompts import ensure_chat_template
@@ -135,7 +136,7 @@ def stream_ids(model: torch.nn.Module, tokenizer: Any, prompt: list[int], cfg: G
     from transformers import TextIteratorStreamer
 
     if cfg.strategy == "beam":
-        raise ValueError("beam search picks its output only at the end, so it cannot stream; use greedy or sample")
+        raise ConfigError("generate.strategy beam picks its output only at the end, so it cannot stream; use greedy or sample")
     if cfg.strategy == "sample" and cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -124,7 +124,7 @@ def test_decoding_modes_stop_strings_and_streaming(tiny_llama: Path) -> None:
     assert s1 == s2
     raw_tokens = "".join(stream_ids(model, tok, prompts[0], GenerateConfig(max_new_tokens=6)))
     assert raw_tokens.strip() == greedy[0]
-    with pytest.raises(ValueError, match="cannot stream"):
+    with pytest.raises(tunelab.ConfigError, match="generate.strategy beam .* cannot stream"):
         next(stream_ids(model, tok, prompts[0], GenerateConfig(strategy="beam")))
     assert cut_at_stop("Answer: yes\n\nQuestion: next", ["\n\n", "Question:"]) == "Answer: yes"
 
