@@ -1,4 +1,4 @@
-"""Zero-shot, few-shot (in-context and SetFit-style) behind the same fit / artifact / Predictor API."""
+"""Zero-shot and in-context few-shot prompting behind the same fit / artifact / Predictor API."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import tunelab
 from tunelab.causal_lm import continuation_logprobs, load_tokenizer, next_token_logprobs
 from tunelab.errors import ConfigError, DataError
 from tunelab.metrics import span_metrics
-from tunelab.strategies.setfit import sample_pairs
 from tunelab.tasks.prompted_ner import parse_entities
 
 from conftest import sentiment_rows
@@ -118,43 +117,6 @@ def test_few_shot_calibrates_each_input_against_its_own_demonstrations(tiny_llam
     expected = _softmax(clf._label_logprobs(model, tok, inputs) - np.log(_softmax(clf._label_logprobs(model, tok, free))))
     got = np.array([[p["scores"][name] for name in clf.labels] for p in run.live.predict(texts)])
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-
-
-def test_auto_strategy_follows_data_and_model(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> None:
-    from tunelab.config import build_config
-    from tunelab.data import read_records
-    from tunelab.strategies import choose_strategy
-
-    few = read_records(sentiment_rows(16))
-    many = read_records(sentiment_rows(80))
-    cfg = build_config({})
-    assert choose_strategy(cfg, None, tiny_llama)[0] == "zero_shot"
-    assert choose_strategy(cfg, None, tiny_bert)[0] == "finetune"  # -> "no training data" error, not a prompt error
-    assert choose_strategy(cfg, few, tiny_bert)[0] == "setfit"
-    assert choose_strategy(cfg, few, tiny_llama)[0] == "few_shot"
-    assert choose_strategy(cfg, many, tiny_bert)[0] == "finetune"
-    assert choose_strategy(build_config({"strategy": "finetune"}), few, tiny_bert)[0] == "finetune"
-
-
-def test_setfit_path_trains_saves_and_reloads(tiny_bert: Path, tmp_path: Path) -> None:
-    rows = sentiment_rows(16, seed=1)
-    run = tunelab.fit(model=str(tiny_bert), output_dir=str(tmp_path / "sf"), train=rows,
-                      validation=sentiment_rows(20, seed=9), strategy="setfit", setfit={"pairs_per_example": 6})
-    assert run.live.manifest["strategy"] == "setfit" and "accuracy" in run.metrics
-    texts = ["the game was superb", "the hotel was dreadful"]
-    loaded = tunelab.Predictor.load(run.artifact_dir)
-    a, b = loaded.predict(texts), run.live.predict(texts)
-    assert [x["label"] for x in a] == [x["label"] for x in b]
-    np.testing.assert_allclose([x["score"] for x in a], [x["score"] for x in b], rtol=1e-5)
-    labels = [0, 0, 1, 1]
-    pairs = sample_pairs(labels, 4, seed=0)  # the floor: 4 pairs x 4 examples, half of each kind
-    assert len(pairs) == 16 and sum(t for _, _, t in pairs) == 8
-    assert all((t == 1.0) == (labels[i] == labels[j]) and i != j for i, j, t in pairs)
-    many = [0] * 10 + [1] * 10  # 90 unique positive pairs, 100 negative: positives cycled up to 100
-    pairs = sample_pairs(many, 1, seed=0)
-    assert len(pairs) == 200 and len({(i, j) for i, j, t in pairs if t == 0.0}) == 100
-    assert len({(i, j) for i, j, t in pairs if t == 1.0}) == 90
-    assert len(sample_pairs(many, 1, seed=0, max_pairs=50)) == 50
 
 
 def test_zero_shot_entities_report_unparsed_output(tiny_llama: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Config
 from ..data import Records
+from ..registry import TASKS
 from .base import FitJob, Fitted, Strategy, is_causal_lm, register_strategy
 from .finetune import FineTune
 from .prompted import Prompted
@@ -45,7 +46,7 @@ def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> tupl
         if is_causal_lm(model_path):
             return "zero_shot", "no labelled data and a causal LM"
         return "finetune", "an encoder model (it needs labelled data)"
-    if "few_shot" in _strategies(cfg) and getattr(cfg.task, "problem_type", None) == "single_label":
+    if "few_shot" in TASKS.get(cfg.task.name).strategies and getattr(cfg.task, "problem_type", None) == "single_label":
         counts = Counter(str(r.get(cfg.data.label_column)).strip() for r in train.rows)
         sizes = sorted(counts.values())
         median = sizes[len(sizes) // 2] if sizes else 0
@@ -57,12 +58,6 @@ def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> tupl
                 ("in-context prompting of the causal LM" if causal else "SetFit-style contrastive tuning")
         return "finetune", f"{described} (> few_shot_limit {cfg.few_shot_limit})"
     return "finetune", f"{len(train):,} labelled examples for {cfg.task.name}"
-
-
-def _strategies(cfg: Config) -> tuple[str, ...]:
-    from ..registry import TASKS
-
-    return TASKS.get(cfg.task.name).strategies
 
 
 __all__ = ["FitJob", "Fitted", "Strategy", "choose_strategy", "is_causal_lm", "register_strategy"]

@@ -24,6 +24,7 @@ from ..data import Records
 from ..errors import DataError
 from ..inference import batched
 from ..prompts import DEFAULT_TEMPLATES, check_template, ensure_chat_template, fill
+from ..registry import TASKS
 from .base import Task
 
 ROLES = ("system", "user", "assistant")
@@ -42,13 +43,8 @@ class GenerationOptions(TaskOptions):
 
     @model_validator(mode="after")
     def _instruction_slots(self) -> GenerationOptions:
-        from ..registry import TASKS
-
         if self.instruction is not None:
-            try:
-                check_template(self.instruction, TASKS.get(self.name).prompt_slots, "task.instruction")
-            except ValueError as err:
-                raise ValueError(str(err)) from None
+            check_template(self.instruction, TASKS.get(self.name).prompt_slots, "task.instruction")
         return self
 
 
