@@ -26,7 +26,7 @@ from conftest import sentiment_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-pytestmark = pytest.mark.slow
+
 
 
 def shrunk(cfg: tunelab.Config, tiny_bert: Path, tiny_llama: Path) -> dict[str, Any]:
@@ -77,6 +77,7 @@ def test_the_readme_has_snippets_for_every_task() -> None:
         assert shown in code
 
 
+@pytest.mark.slow
 def test_every_readme_snippet_runs(tiny_bert: Path, tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
     real_fit = tunelab.fit
 
@@ -113,6 +114,7 @@ FALLBACK = {"qa": [{"question": "What colour is it?", "context": f"Item {i} is r
                     "answers": {"text": ["red"], "answer_start": [len(f"Item {i} is ")]}} for i in range(12)]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_example_config_trains_saves_and_predicts(path: Path, tiny_bert: Path, tiny_llama: Path,
                                                         tmp_path: Path) -> None:
@@ -138,3 +140,38 @@ def test_every_example_config_trains_saves_and_predicts(path: Path, tiny_bert: P
     sample = read_records(rows).subset(range(2))
     for prediction in predictor.predict(sample):
         predictor.output_schema.model_validate(prediction)
+
+
+def test_every_public_function_and_class_has_a_docstring() -> None:
+    """Public names of every module, and public methods of public classes (an override inherits its base's)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    missing = []
+    for info in pkgutil.walk_packages(tunelab.__path__, "tunelab."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            for member_name, member in (vars(obj).items() if inspect.isclass(obj) else []):
+                if member_name.startswith("_") or not (inspect.isfunction(member) or isinstance(
+                        member, (classmethod, staticmethod, property))):
+                    continue
+                doc = inspect.getdoc(member) if isinstance(member, property) else inspect.getdoc(getattr(obj, member_name))
+                if not doc:
+                    missing.append(f"{module.__name__}.{name}.{member_name}")
+    assert not missing, "no docstring: " + ", ".join(missing)
+
+
+def test_public_api_documents_its_arguments() -> None:
+    import inspect
+
+    for name in tunelab.__all__:
+        obj = getattr(tunelab, name)
+        if inspect.isfunction(obj) and [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]:
+            assert "Args:" in inspect.getdoc(obj), name

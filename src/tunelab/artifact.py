@@ -36,6 +36,7 @@ WRITTEN_BY = "tunelab"  # the marker that lets tunelab replace a folder: it wrot
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries an artifact depends on (recorded in its manifest)."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -48,6 +49,7 @@ def library_versions() -> dict[str, str]:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -129,6 +131,7 @@ def write_artifact(target: Path, manifest: dict[str, Any], write_parts: Callable
 
 
 def read_created(artifact_dir: Path) -> str:
+    """When the artifact at ``artifact_dir`` was written (its manifest's ``created``), for messages."""
     try:
         return str(json.loads((artifact_dir / MANIFEST).read_text(encoding="utf-8")).get("created", "at an unknown time"))
     except (OSError, ValueError):
@@ -136,10 +139,12 @@ def read_created(artifact_dir: Path) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (values JSON cannot hold become strings)."""
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
 
 def write_yaml(path: Path, data: Any) -> None:
+    """Write ``data`` as YAML, keys in their given order."""
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 

@@ -40,6 +40,7 @@ def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[t
 
 
 def load_tokenizer(path: Any) -> Any:
+    """A causal LM's tokenizer with a pad token (its EOS) and a chat template (a plain fallback)."""
     from transformers import AutoTokenizer
 
     tokenizer = load_pretrained(AutoTokenizer, path)
@@ -50,6 +51,7 @@ def load_tokenizer(path: Any) -> Any:
 
 
 def context_window(model: torch.nn.Module, tokenizer: Any) -> int:
+    """How many tokens the model reads: its position limit, else the tokenizer's ``model_max_length``."""
     config = getattr(model, "config", None)
     window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
     return int(min(window, 1_000_000))
@@ -69,6 +71,7 @@ def fit_prompt(ids: list[int], limit: int, where: str, report: list[str] | None)
 
 
 def generation_kwargs(cfg: GenerateConfig, tokenizer: Any) -> dict[str, Any]:
+    """``model.generate`` arguments for a ``GenerateConfig`` (greedy, beam or sampling)."""
     kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
                               "repetition_penalty": cfg.repetition_penalty}
     eos = {tokenizer.eos_token_id}
@@ -93,6 +96,7 @@ def generation_kwargs(cfg: GenerateConfig, tokenizer: Any) -> dict[str, Any]:
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
+    """``text`` up to the first stop string (the whole text when none occurs)."""
     cut = len(text)
     for stop in stops:
         at = text.find(stop)

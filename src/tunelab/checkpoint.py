@@ -41,6 +41,7 @@ CHANGEABLE_FIELDS = {
 
 
 def rng_states() -> dict[str, Any]:
+    """The Python, NumPy and torch RNG states as plain numbers and tensors (loadable with weights_only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -48,6 +49,7 @@ def rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back the RNG states ``rng_states`` returned."""
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     n = states["numpy"]
@@ -85,10 +87,12 @@ def fingerprint_changes(saved: dict[str, str], now: dict[str, str]) -> list[str]
 
 
 def unchangeable(changes: list[str]) -> list[str]:
+    """The changes (``fingerprint_changes`` lines) to settings that cannot change half way."""
     return [c for c in changes if c.split(":", 1)[0] not in CHANGEABLE_FIELDS]
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """Write ``run_dir/checkpoint.pt`` atomically (temporary file, fsync, rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / CHECKPOINT_NAME
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=run_dir)

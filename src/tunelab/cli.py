@@ -18,6 +18,7 @@ from .errors import InputError, TunelabError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``tunelab train CONFIG [key=value ...]``: fit and print the summary."""
     from .api import fit, summary
     from .config import load_config
 
@@ -28,6 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``tunelab eval ARTIFACT DATA``: the metrics, as a table or JSON."""
     from .data import read_records
     from .metrics import scalar_metrics
     from .predictor import Predictor
@@ -73,6 +75,7 @@ def _predict_inputs(args: argparse.Namespace) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``tunelab predict ARTIFACT [TEXT ...] [--file F]``: one JSON line per input, in order."""
     from .data import Records
     from .predictor import Predictor
 
@@ -154,12 +157,14 @@ class _atomic_output:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
 
     return run_demo(args.output_dir, args.overrides)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``tunelab info [ARTIFACT]``: versions, registered names and packaged models, or a manifest."""
     from .artifact import find_artifact, library_versions, read_manifest
     from .models import PACKAGED, resolve_model
 
@@ -197,6 +202,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tunelab`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an unexpected error")

@@ -42,6 +42,7 @@ class Records:
         return len(self.rows)
 
     def where(self, index: int) -> str:
+        """A human-readable location of row ``index`` (file line or row number) for error messages."""
         if self.lines is not None:
             return f"{self.source} line {self.lines[index]}"
         return f"{self.source} row {self.index[index] if self.index is not None else index}"
@@ -53,6 +54,7 @@ class Records:
         return (self.index[index] if self.index is not None else index) + 1
 
     def subset(self, indices: Iterable[int], source: str | None = None) -> Records:
+        """The rows at ``indices`` (their lines and original positions kept)."""
         idx = list(indices)
         return Records(
             rows=[self.rows[i] for i in idx],

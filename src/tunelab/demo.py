@@ -23,14 +23,17 @@ DEMO_SENTENCES = [
 
 
 def demo_data_path() -> Path:
+    """The sentiment sample that ships with tunelab."""
     return Path(str(resources.files("tunelab") / "_resources" / "demo_sentiment.jsonl"))
 
 
 def demo_config_path() -> Path:
+    """The demo's config that ships with tunelab."""
     return Path(str(resources.files("tunelab") / "_resources" / "demo.yaml"))
 
 
 def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None) -> int:
+    """Train, save, reload and predict on the packaged data; returns the exit status."""
     started = time.perf_counter()
     cfg = load_config(demo_config_path(), [f"data.train={demo_data_path()}", f"output_dir={output_dir}", *(overrides or [])])
     print(f"tunelab demo: {cfg.method.name} on {cfg.model}, {cfg.train.epochs:g} epochs, data {cfg.data.train}")

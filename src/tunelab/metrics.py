@@ -21,6 +21,7 @@ from sklearn.metrics import (
 
 
 def single_label_metrics(pred: Sequence[int], ref: Sequence[int], label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro/micro precision, recall and F1, a per-class report and the confusion matrix."""
     labels = list(range(len(label_names)))
     out: dict[str, Any] = {"accuracy": float(accuracy_score(ref, pred))}
     for avg in ("macro", "micro"):
@@ -33,6 +34,7 @@ def single_label_metrics(pred: Sequence[int], ref: Sequence[int], label_names: l
 
 
 def multi_label_metrics(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    """Subset accuracy, macro/micro precision, recall and F1 and a per-class report of 0/1 matrices."""
     out: dict[str, Any] = {"subset_accuracy": float(accuracy_score(ref, pred))}
     for avg in ("macro", "micro"):
         p, r, f, _ = precision_recall_fscore_support(ref, pred, average=avg, zero_division=0)
@@ -43,6 +45,7 @@ def multi_label_metrics(pred: np.ndarray, ref: np.ndarray, label_names: list[str
 
 
 def regression_metrics(pred: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:
+    """RMSE, MAE, R², Pearson and Spearman correlation."""
     from scipy.stats import pearsonr, spearmanr
 
     p, r = np.asarray(pred, dtype=float), np.asarray(ref, dtype=float)

@@ -50,6 +50,7 @@ class ResolvedModel:
 
 
 def cache_dir() -> Path:
+    """Where dequantized GGUF weights are cached (``$TUNELAB_CACHE`` or ``~/.cache/tunelab``)."""
     root = os.environ.get("TUNELAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tunelab")
     return Path(root)
 

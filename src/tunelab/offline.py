@@ -12,6 +12,7 @@ NETWORK_ENV = "TUNELAB_ALLOW_NETWORK"
 
 
 def network_allowed_by_env() -> bool:
+    """Whether the environment allows the network (``TUNELAB_ALLOW_NETWORK=1``)."""
     return os.environ.get(NETWORK_ENV, "").lower() in ("1", "true", "yes")
 
 

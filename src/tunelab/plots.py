@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 
 def training_curves(history: list[dict[str, float]], evals: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    """Loss per step and the primary metric per evaluation, as a PNG."""
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
     if history:
         steps = np.array([h["step"] for h in history])
@@ -36,6 +37,7 @@ def training_curves(history: list[dict[str, float]], evals: list[dict[str, Any]]
 
 
 def confusion_matrix_png(matrix: list[list[int]], labels: list[str], path: Path, title: str = "confusion matrix") -> Path:
+    """A confusion matrix (rows: gold, columns: predicted) as a PNG."""
     m = np.asarray(matrix)
     size = max(4.0, 0.6 * len(labels) + 2.5)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))

@@ -1,4 +1,5 @@
-"""Prompt templates: validated slots, task defaults, and rendering through the model's chat template.
+"""Prompt templates: validated slots and rendering through the model's chat template (each task keeps its
+own default template).
 
 A template is a Python format string. Each task allows a fixed set of slots (``Task.prompt_slots``) and
 every template must contain ``{text}``; anything else is an error at config time, not a silent KeyError
@@ -19,15 +20,6 @@ from __future__ import annotations
 import string
 from typing import Any
 
-DEFAULT_TEMPLATES = {
-    "classification": "Classify the text into one of: {labels}.\n\nText: {text}\n\nAnswer with the label only.",
-    "ner": ("Extract the named entities of these types from the text: {types}.\n"
-            "Write one entity per line as TYPE: entity text, copied exactly from the text. "
-            "If there are none, write none.\n\nText: {text}"),
-    "summarization": "Summarize the following text in one or two sentences.\n\n{text}",
-    "translation": "Translate the following text from {source_lang} to {target_lang}.\n\n{text}",
-}
-
 # A plain chat format for causal LMs that ship without a chat template (base models).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
@@ -36,6 +28,7 @@ FALLBACK_CHAT_TEMPLATE = (
 
 
 def template_slots(template: str) -> set[str]:
+    """The ``{slot}`` names a template uses."""
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as err:  # e.g. a lone "{"
@@ -59,15 +52,18 @@ def check_template(template: str, allowed: set[str] | frozenset[str], field: str
 
 
 def fill(template: str, **values: Any) -> str:
+    """The template with its slots filled (None values are left out)."""
     return template.format(**{k: v for k, v in values.items() if v is not None})
 
 
 def ensure_chat_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template a plain one (base models)."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
 
 
 def chat_messages(user: str, system: str | None = None, answer: str | None = None) -> list[dict[str, str]]:
+    """A chat: an optional system turn, the user turn, and an optional assistant answer."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": user})
     if answer is not None:

@@ -53,6 +53,7 @@ class Registry(Generic[T]):
         return self.entries[name]
 
     def names(self) -> list[str]:
+        """The registered names, in registration order."""
         return list(self.entries)
 
     def __contains__(self, name: object) -> bool:

@@ -20,6 +20,7 @@ from .models import load_pretrained, quiet_loading, resolve_model
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the hidden states over the real (unmasked) tokens."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
@@ -40,6 +41,7 @@ class Embedder:
 
     @classmethod
     def load(cls, name_or_path: Any, *, allow_network: bool = False, max_length: int = 128) -> Embedder:
+        """An Embedder for a model name or folder (resolved offline unless ``allow_network``)."""
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model(str(name_or_path), allow_network=allow_network).path

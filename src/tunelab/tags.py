@@ -37,6 +37,7 @@ def split_tag(tag: str) -> tuple[str, str | None]:
 
 
 def detect_scheme(tag_lists: list[list[str]]) -> str:
+    """The tag scheme of tag sequences from their prefixes: bmes (an M), bioes (an E or S), else bio."""
     prefixes = {split_tag(t)[0] for tags in tag_lists for t in tags} - {"O"}
     if "M" in prefixes:
         return "bmes"

@@ -62,6 +62,7 @@ class LoopInputs:
 
 @dataclass
 class TrainResult:
+    """What the loop returns: steps, history, evaluations, the best step and the timings."""
     steps: int
     epochs_done: float
     history: list[dict[str, float]]  # one row per optimizer step: step, epoch, loss, lr, grad_norm
@@ -76,10 +77,12 @@ class TrainResult:
 
     @property
     def samples_per_s(self) -> float:
+        """Training examples per second of training time (evaluation excluded)."""
         return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps the run will take (epochs x windows per epoch, or ``max_steps``)."""
     windows_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum_steps)
     if cfg.max_steps:
         return cfg.max_steps
@@ -106,6 +109,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, head_na
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    """The learning-rate schedule (linear, cosine or constant, with warmup)."""
     from transformers import get_scheduler
 
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
@@ -183,6 +187,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def train_loop(inp: LoopInputs) -> TrainResult:
+    """Train ``inp.model`` (see the module docstring); returns the history and the best step."""
     cfg = inp.train
     if not inp.train_features:
         raise TrainingError("no training examples after preprocessing: check data.train")

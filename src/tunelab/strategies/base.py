@@ -82,9 +82,11 @@ class Strategy(Protocol):
     """A strategy: ``fit`` a job into ``Fitted``; ``load`` an artifact it wrote back into (model, processor, task)."""
 
     def fit(self, job: FitJob) -> Fitted:
+        """Make the artifact's parts for ``job``: train (or prompt), evaluate, and say how to save them."""
         ...
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
+        """Open an artifact this strategy wrote: its model, processor and the task that predicts with them."""
         ...
 
 

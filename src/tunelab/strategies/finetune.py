@@ -22,10 +22,10 @@ from ..methods import Target, enable_gradient_checkpointing, parameter_counts
 from ..models import quiet_loading, resolve_model
 from ..registry import METHODS, TASKS
 from ..train import LoopInputs, resume_checkpoint, total_optimizer_steps, train_loop
-from .base import FitJob, Fitted
+from .base import FitJob, Fitted, Strategy
 
 
-class FineTune:
+class FineTune(Strategy):
     """The ``finetune`` strategy."""
 
     def fit(self, job: FitJob) -> Fitted:
@@ -47,7 +47,12 @@ class FineTune:
         processor = task.load_processor(job.model.path)
         task.prepare_processor(processor)  # e.g. marker tokens; saved with the artifact's processor
         train_features = task.encode(train_records, processor, with_labels=True)
-        unknown = report_unknown_tokens(processor, train_features, train_records.source, cfg.model)
+        unknown = task.unknown_token_rate(processor, train_features)
+        if unknown is not None and unknown > 0.05:
+            print(f"warning: {unknown:.0%} of the tokens of {train_records.source} are unknown to the tokenizer of "
+                  f"{cfg.model!r}: the model cannot read most of this text and will learn little from it. Use a "
+                  "model whose vocabulary covers the text's language and script (for Chinese, a Chinese or "
+                  "multilingual encoder as a local folder)", file=sys.stderr)
         train_features = task.prepare_training_features(train_features)  # e.g. packing short examples
         val_features = task.encode(val_records, processor, with_labels=True)
         test_features = task.encode(job.test, processor, with_labels=True) if job.test is not None else None
@@ -131,28 +136,3 @@ def counted_on(task: Any, cfg: Config, train_part: Records) -> Any:
         if isinstance(state[key], dict) and isinstance(part.state.get(key), dict):
             state[key] = {name: part.state[key].get(name, 0) for name in state[key]}
     return type(task)(state)
-
-
-def report_unknown_tokens(tokenizer: Any, features: list[dict[str, Any]], source: str, model: str,
-                          warn_above: float = 0.05) -> float | None:
-    """The share of the text's tokens that the tokenizer maps to its unknown token, with a clear warning
-    above ``warn_above``: a model cannot learn from text it cannot read. None for processors without one."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
-        return None
-    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
-    total = unknown = 0
-    for f in features:
-        ids = [i for i in f.get("input_ids", []) if i not in special]
-        total += len(ids)
-        unknown += sum(1 for i in ids if i == unk)
-    if not total:
-        return None
-    rate = unknown / total
-    if rate > warn_above:
-        print(f"warning: {rate:.0%} of the tokens of {source} are unknown to the tokenizer of {model!r} "
-              f"({tokenizer.unk_token}): the model cannot read most of this text and will learn little from it. "
-              "Use a model whose vocabulary covers the text's language and script (for Chinese, a Chinese or "
-              "multilingual encoder as a local folder)", file=sys.stderr)
-    return round(rate, 4)
-

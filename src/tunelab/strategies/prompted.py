@@ -16,10 +16,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import TASKS
-from .base import FitJob, Fitted, is_causal_lm
+from .base import FitJob, Fitted, Strategy, is_causal_lm
 
 
-class Prompted:
+class Prompted(Strategy):
     """The ``zero_shot`` and ``few_shot`` strategies (``job.strategy`` tells which)."""
 
     def fit(self, job: FitJob) -> Fitted:

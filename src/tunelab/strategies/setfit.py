@@ -32,7 +32,7 @@ from ..probabilities import softmax
 from ..sentence_embeddings import Embedder
 from ..tasks.base import Task
 from ..tasks.prompted_classification import LabelPrediction
-from .base import FitJob, Fitted, is_causal_lm
+from .base import FitJob, Fitted, Strategy, is_causal_lm
 
 
 def sample_pairs(labels: list[int], pairs_per_example: int, seed: int,
@@ -127,6 +127,7 @@ def contrastive_tune(embedder: Embedder, texts: list[str], labels: list[int], cf
 
 
 def fit_head(vectors: np.ndarray, labels: list[int], c: float, seed: int) -> dict[str, Any]:
+    """A logistic-regression head on the embeddings, stored as plain numbers (coef, intercept, classes)."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(vectors, labels)
@@ -138,6 +139,7 @@ def fit_head(vectors: np.ndarray, labels: list[int], c: float, seed: int) -> dic
 
 
 def head_probs(head: dict[str, Any], vectors: np.ndarray, n_labels: int) -> np.ndarray:
+    """Class probabilities of the stored head for embeddings (labels the head never saw get 0)."""
     p = softmax(vectors @ np.asarray(head["coef"]).T + np.asarray(head["intercept"]))
     full = np.zeros((len(vectors), n_labels))
     full[:, head["classes"]] = p  # a label absent from the training examples keeps probability 0
@@ -162,6 +164,7 @@ class SetFitClassifier(Task):
         return texts
 
     def probabilities(self, model: torch.nn.Module, tokenizer: Any, texts: list[str]) -> np.ndarray:
+        """Class probabilities for ``texts`` (embeddings of the tuned encoder, then the head)."""
         embedder = Embedder(model, tokenizer, self.state["max_length"])
         return head_probs(self.state["head"], embedder.encode(texts), len(self.labels))
 
@@ -202,7 +205,7 @@ def labelled_examples(train: Records, cfg: Config) -> list[dict[str, str]]:
     return examples
 
 
-class SetFit:
+class SetFit(Strategy):
     """The ``setfit`` strategy."""
 
     def fit(self, job: FitJob) -> Fitted:

@@ -13,7 +13,7 @@ member                 what it is
 ``Columns``            pydantic model of the ``data:`` section (subclass ``DataConfig``)
 ``Prediction``         pydantic model of one prediction (the output schema)
 ``strategies``         strategies the task supports (``finetune``, ``zero_shot``, ...)
-``prompt_slots``       slots a prompt template may use
+``prompt_slots``       slots a prompt template may use (``default_template``: the prompt when none is set)
 ``from_training_data``  build the task (its label space) from the config and the training records
 ``input_columns``      the record fields one input needs (the input schema is built from them)
 ``load_processor``     the input processor (a tokenizer; an image processor for other modalities)
@@ -68,6 +68,7 @@ class Task:
     peft_task_type: ClassVar[str | None] = None  # peft's TaskType, or None for a custom head
     per_token: ClassVar[bool] = False  # outputs are per token (cut to each feature's length)
     Prompted: ClassVar[type[Task] | None] = None  # the task's prompted (zero-/few-shot) form, if any
+    default_template: ClassVar[str | None] = None  # the prompt (or instruction) when the config sets none
 
     def __init__(self, state: dict[str, Any]):
         self.state = state
@@ -166,6 +167,20 @@ class Task:
             with_labels: read the gold labels too (training, evaluation).
         """
         raise NotImplementedError(f"{type(self).__name__}.encode")
+
+    def unknown_token_rate(self, processor: Any, features: list[dict[str, Any]]) -> float | None:
+        """The share of the features' tokens the tokenizer maps to its unknown token (None: no such token);
+        fine-tuning warns above 5%: a model cannot learn from text it cannot read."""
+        unk = getattr(processor, "unk_token_id", None)
+        if unk is None:
+            return None
+        special = set(getattr(processor, "all_special_ids", []) or []) - {unk}
+        total = unknown = 0
+        for f in features:
+            ids = [i for i in f.get("input_ids", []) if i not in special]
+            total += len(ids)
+            unknown += sum(1 for i in ids if i == unk)
+        return round(unknown / total, 4) if total else None
 
     def prepare_training_features(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Training features as the loop should see them (e.g. packed); default unchanged."""

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from .. import metrics as M
-from ..batching import pad_batch
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import sigmoid, softmax
 from .base import Task
-from .common import label_weights
+from .common import label_weights, pad_batch
 from .prompted_classification import PromptClassifier
 
 

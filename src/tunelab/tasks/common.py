@@ -1,4 +1,4 @@
-"""Loading a base model with a fresh task head: shared by every encoder task."""
+"""Helpers shared by the encoder tasks: a base model with a fresh head, label weights, token padding."""
 
 from __future__ import annotations
 
@@ -67,3 +67,39 @@ def special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
         if full[i : i + len(plain)] == plain:
             return full[:i], full[i + len(plain) :]
     return [], []
+
+
+def pad_batch(
+    features: list[dict[str, Any]],
+    pad_token_id: int,
+    label_dtype: torch.dtype | None,
+    label_pad: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad token lists to the longest in this batch (dynamic padding) and build the attention mask.
+
+    ``label_pad`` set: labels are per-token lists, padded with it (-100: ignored by the loss).
+    """
+    longest = max(len(f["input_ids"]) for f in features)
+    n = len(features)
+    input_ids = torch.full((n, longest), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((n, longest), dtype=torch.long)
+    has_types = "token_type_ids" in features[0]
+    token_types = torch.zeros((n, longest), dtype=torch.long) if has_types else None
+    for row, feat in enumerate(features):
+        ids = feat["input_ids"]
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        if token_types is not None:
+            token_types[row, : len(ids)] = torch.as_tensor(feat["token_type_ids"], dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention}
+    if token_types is not None:
+        batch["token_type_ids"] = token_types
+    if label_dtype is not None and "labels" in features[0]:
+        if label_pad is None:
+            batch["labels"] = torch.as_tensor([f["labels"] for f in features], dtype=label_dtype)
+        else:
+            labels = torch.full((n, longest), label_pad, dtype=label_dtype)
+            for row, feat in enumerate(features):
+                labels[row, : len(feat["labels"])] = torch.as_tensor(feat["labels"], dtype=label_dtype)
+            batch["labels"] = labels
+    return batch

@@ -23,7 +23,7 @@ from ..config import Config, DataConfig, GenerateConfig, TaskOptions
 from ..data import Records
 from ..errors import DataError
 from ..inference import batched
-from ..prompts import DEFAULT_TEMPLATES, check_template, ensure_chat_template, fill
+from ..prompts import check_template, ensure_chat_template, fill
 from ..registry import TASKS
 from .base import Task
 
@@ -80,6 +80,7 @@ class GenerationTask(Task):
     strategies = ("finetune", "zero_shot")
     peft_task_type = "CAUSAL_LM"
     primary_metric = ("loss", False)
+    default_template: str | None = None  # the user turn around {text} (dialogue records carry their own turns)
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
@@ -95,7 +96,7 @@ class GenerationTask(Task):
         t, d = cfg.task, cfg.data
         return cls({
             "kind": t.name,
-            "instruction": t.instruction or DEFAULT_TEMPLATES.get(t.name),
+            "instruction": t.instruction or cls.default_template,
             "system_prompt": t.system_prompt,
             "source_lang": getattr(t, "source_lang", None),
             "target_lang": getattr(t, "target_lang", None),
@@ -130,6 +131,7 @@ class GenerationTask(Task):
 
     # ---- records -> conversations -------------------------------------------------------------------
     def conversation(self, row: dict[str, Any], records: Records, i: int, *, with_answer: bool) -> list[dict[str, str]]:
+        """The chat a record is (system, user, and with ``with_answer`` the reply to learn)."""
         s = self.state
         if self.name == "dialogue":
             return self._dialogue(row, records, i, with_answer=with_answer)
@@ -180,6 +182,7 @@ class GenerationTask(Task):
         return messages
 
     def references(self, row: dict[str, Any], records: Records, i: int) -> list[str]:
+        """The reference outputs of a record (several where ``data.reference_columns`` has them)."""
         s = self.state
         if self.name == "dialogue":
             turns = row.get(s["messages_column"]) or []
@@ -385,6 +388,7 @@ class SummarizationTask(GenerationTask):
     """Summarization: ``text_column`` -> ``target_column`` through ``task.instruction``."""
 
     prompt_slots = frozenset({"text"})
+    default_template = "Summarize the following text in one or two sentences.\n\n{text}"
 
 
 class TranslationTask(GenerationTask):
@@ -392,6 +396,7 @@ class TranslationTask(GenerationTask):
 
     Options = TranslationOptions
     prompt_slots = frozenset({"text", "source_lang", "target_lang"})
+    default_template = "Translate the following text from {source_lang} to {target_lang}.\n\n{text}"
 
 
 class DialogueTask(GenerationTask):

@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..batching import pad_batch
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..probabilities import softmax
 from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
 from .base import Task
-from .common import label_weights, special_tokens_around
+from .common import label_weights, pad_batch, special_tokens_around
 from .prompted_ner import Entity, PromptExtractor
 from .words import _CJK, WORD_RE, join_tokens, split_words, word_pattern  # noqa: F401  (public from here too)
 

@@ -20,7 +20,7 @@ from ..config import Config
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..probabilities import softmax
-from ..prompts import DEFAULT_TEMPLATES, chat_messages, fill, render_prompt
+from ..prompts import chat_messages, fill, render_prompt
 from .base import Task
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
@@ -49,6 +49,7 @@ class PromptClassifier(Task):
     name = "classification"
     Prediction = LabelPrediction
     strategies = ()
+    default_template = "Classify the text into one of: {labels}.\n\nText: {text}\n\nAnswer with the label only."
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
@@ -91,7 +92,7 @@ class PromptClassifier(Task):
         verbalizers = {name: (p.verbalizers or {}).get(name, name) for name in labels}
         return cls({
             "labels": labels, "verbalizers": verbalizers,
-            "template": p.template or DEFAULT_TEMPLATES["classification"],
+            "template": p.template or cls.default_template,
             "system_prompt": cfg.task.system_prompt, "calibrate": p.calibrate, "calibration": None,
             "text_column": d.text_column, "text_pair_column": d.text_pair_column, "label_column": d.label_column,
             "demonstrations": p.demonstrations if few_shot else 0, "pool": pool if few_shot else [],

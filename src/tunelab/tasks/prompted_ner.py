@@ -13,7 +13,7 @@ from ..config import Config, GenerateConfig
 from ..data import Records
 from ..errors import DataError
 from ..metrics import span_metrics
-from ..prompts import DEFAULT_TEMPLATES, chat_messages, fill, render_prompt
+from ..prompts import chat_messages, fill, render_prompt
 from .base import Task
 from .prompted_classification import _text
 from .words import join_tokens
@@ -91,6 +91,9 @@ class PromptExtractor(Task):
     name = "ner"
     Prediction = ExtractedEntities
     strategies = ()
+    default_template = ("Extract the named entities of these types from the text: {types}.\n"
+                        "Write one entity per line as TYPE: entity text, copied exactly from the text. "
+                        "If there are none, write none.\n\nText: {text}")
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
@@ -111,7 +114,7 @@ class PromptExtractor(Task):
             raise DataError("zero-shot entity extraction needs the entity types: set task.labels, e.g. [PER, LOC, ORG]")
         gen = cfg.generate.model_dump(mode="json")
         gen["max_new_tokens"] = min(gen["max_new_tokens"], 96)
-        return cls({"types": list(cfg.task.labels), "template": cfg.prompt.template or DEFAULT_TEMPLATES["ner"],
+        return cls({"types": list(cfg.task.labels), "template": cfg.prompt.template or cls.default_template,
                     "system_prompt": cfg.task.system_prompt, "text_column": cfg.data.text_column,
                     "tokens_column": cfg.data.tokens_column, "tags_column": cfg.data.tags_column,
                     "entities_column": cfg.data.entities_column, "generate": gen})
@@ -149,6 +152,7 @@ class PromptExtractor(Task):
         return results
 
     def gold_spans(self, row: dict[str, Any], records: Records, i: int) -> set[tuple[str, int, int]]:
+        """The gold (type, start, end) spans of a record: offset entities, or tokens + tags."""
         s = self.state
         if s["entities_column"] in row:
             return {(str(e.get("label", e.get("type"))), int(e["start"]), int(e["end"])) for e in row[s["entities_column"]]}

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from ..batching import pad_batch
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records
 from ..errors import ConfigError, DataError
 from ..probabilities import softmax
 from .base import Task
+from .common import pad_batch
 
 
 def flatten_squad(records: Records) -> Records:
@@ -50,6 +50,7 @@ def flatten_squad(records: Records) -> Records:
 
 
 def normalize_answer(text: str) -> str:
+    """SQuAD answer normalisation: lower case, no punctuation, no articles, single spaces."""
     text = text.lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)

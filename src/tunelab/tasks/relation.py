@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from ..batching import pad_batch
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import softmax
 from .base import Task
-from .common import label_weights, special_tokens_around
+from .common import label_weights, pad_batch, special_tokens_around
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 _TAG = re.compile(r"</?e[12]>")
@@ -113,6 +112,7 @@ class EntityMarkerModel(torch.nn.Module):
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
     def get_input_embeddings(self) -> torch.nn.Module:
+        """The encoder's word embeddings (peft and resizing look for them here)."""
         return self.encoder.get_input_embeddings()
 
     def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
