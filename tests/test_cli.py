@@ -41,7 +41,8 @@ def test_train_predict_eval_info(tiny_bert: Path, tmp_path: Path, capsys) -> Non
     assert main(["info", str(tmp_path / "run")]) == 0
     assert json.loads(capsys.readouterr().out)["task"]["name"] == "classification"
     assert main(["info"]) == 0
-    assert "minilm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "minilm" in out and "tasks: classification, ner, relation, qa" in out and "strategies: finetune" in out
 
 
 def test_bad_config_value_gives_one_clear_error(tiny_bert: Path, tmp_path: Path, capsys) -> None:

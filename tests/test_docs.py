@@ -138,7 +138,11 @@ def test_every_example_config_trains_saves_and_predicts(path: Path, tiny_bert: P
     predictor = tunelab.Predictor.load(run.artifact_dir)
     rows = splits.get("validation") or splits.get("train")
     sample = read_records(rows).subset(range(2))
-    for prediction in predictor.predict(sample):
+    for row in sample.rows:  # the task's request schema accepts its own records
+        predictor.input_schema.model_validate(row)
+    predictions = predictor.predict(sample)
+    assert len(predictions) == 2
+    for prediction in predictions:
         predictor.output_schema.model_validate(prediction)
 
 
