@@ -190,13 +190,7 @@ class Config(_Strict):
     @field_validator("task", mode="before")
     @classmethod
     def _task_section(cls, value: Any) -> Any:
-        value = {"name": value} if isinstance(value, str) else value
-        if isinstance(value, dict):
-            name = str(value.get("name", "classification"))
-            if not _known(TASKS, name):
-                return TaskOptions.model_validate({"name": name})  # the error names task.name
-            return TASKS.get(name).Options.model_validate(value)
-        return value
+        return _section(TASKS, TaskOptions, "classification", value)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -210,13 +204,7 @@ class Config(_Strict):
     @field_validator("method", mode="before")
     @classmethod
     def _method_section(cls, value: Any) -> Any:
-        value = {"name": value} if isinstance(value, str) else value
-        if isinstance(value, dict):
-            name = str(value.get("name", "lora"))
-            if not _known(METHODS, name):
-                return MethodOptions.model_validate({"name": name})  # the error names method.name
-            return METHODS.get(name).Options.model_validate(value)
-        return value
+        return _section(METHODS, MethodOptions, "lora", value)
 
     @field_validator("strategy")
     @classmethod
@@ -245,6 +233,18 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults included, as plain JSON-able data (what the artifact's config.yaml holds)."""
         return self.model_dump(mode="json")
+
+
+def _section(registry: Any, base: type[BaseModel], default: str, value: Any) -> Any:
+    """A ``task:`` / ``method:`` section (a name, or a mapping with ``name``) validated by the registered entry's
+    own ``Options`` model; an unknown name is reported as an error of ``<section>.name``."""
+    value = {"name": value} if isinstance(value, str) else value
+    if not isinstance(value, dict):
+        return value
+    name = str(value.get("name", default))
+    if not _known(registry, name):
+        return base.model_validate({"name": name})  # fails on the name, listing the known ones
+    return registry.get(name).Options.model_validate(value)
 
 
 def _known(registry: Any, name: str) -> bool:
