@@ -15,12 +15,12 @@ LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
      "checkpoint", "rundir"},
-    {"causal_lm", "sentence_embeddings"},
+    {"causal_lm", "sentence_embeddings", "onnx_model"},
     {"tasks"},
     {"methods", "train"},
     {"predictor"},
     {"strategies"},
-    {"api"},
+    {"api", "export"},
     {"cli", "demo"},
     {""},  # the package itself: tunelab/__init__.py
 ]

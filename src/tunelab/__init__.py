@@ -27,6 +27,7 @@ from .errors import (  # noqa: E402
     TrainingError,
     TunelabError,
 )
+from .export import export  # noqa: E402
 from .hooks import StepContext, TrainHook  # noqa: E402
 from .methods import Adaptation, register_method  # noqa: E402
 from .predictor import Predictor  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "TunelabError",
     "__version__",
     "evaluate",
+    "export",
     "fit",
     "load_config",
     "register_method",

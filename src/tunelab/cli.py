@@ -156,6 +156,19 @@ class _atomic_output:
         self.tmp.unlink(missing_ok=True)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``tunelab export ARTIFACT [--quantize int8] [--check DATA]``: an ONNX artifact beside the source."""
+    from .data import read_records
+    from .errors import ConfigError
+    from .export import export
+
+    if args.export_format != "onnx":
+        raise ConfigError(f"--to {args.export_format!r}: tunelab exports to onnx")
+    check = read_records(_existing(args.check, "check"), format=args.format, encoding=args.encoding) if args.check else None
+    print(export(args.artifact, args.output, quantize=args.quantize, check=check, max_drop=args.max_drop))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -241,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_positive, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a fine-tuned encoder artifact to ONNX (optionally int8) as a new artifact",
+                       parents=[common, reading])
+    p.add_argument("artifact", help="artifact or run directory")
+    p.add_argument("--to", dest="export_format", default="onnx", help="the format: onnx (the only one so far)")
+    p.add_argument("--quantize", help="int8: dynamic int8 weights (default: fp32)")
+    p.add_argument("--check", help="labelled records: evaluate source and export on them; stop if the metric drops")
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")
+    p.add_argument("--output", help="where to write (default: artifact-onnx[-int8] beside the source)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", parents=[common], help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")
     p.add_argument("--output-dir", default="runs/demo")

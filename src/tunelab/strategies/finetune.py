@@ -103,6 +103,11 @@ class FineTune(Strategy):
         task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])
         processor = task.load_processor(artifact_dir / "tokenizer")
         model_dir = artifact_dir / "model"
+        if manifest["model_format"] == "onnx":  # tunelab export: ONNX Runtime behind the same task code
+            from ..onnx_model import OnnxModel
+
+            export = manifest["export"]
+            return OnnxModel(model_dir / "model.onnx", export["inputs"], export["outputs"]).eval(), processor, task
         if manifest["model_format"] == "full":
             model, _ = task.build_model(model_dir, dropout=None)
         else:  # an adapter on top of its base model

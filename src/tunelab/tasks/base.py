@@ -69,6 +69,8 @@ class Task:
     per_token: ClassVar[bool] = False  # outputs are per token (cut to each feature's length)
     Prompted: ClassVar[type[Task] | None] = None  # the task's prompted (zero-/few-shot) form, if any
     default_template: ClassVar[str | None] = None  # the prompt (or instruction) when the config sets none
+    exportable: ClassVar[bool] = True  # ``tunelab export`` can trace its model to ONNX
+    export_note: ClassVar[str] = ""  # why not, when it cannot
 
     def __init__(self, state: dict[str, Any]):
         self.state = state
@@ -127,6 +129,11 @@ class Task:
     def output_schema(self) -> type[BaseModel]:
         """A pydantic model of one prediction (what ``predict`` returns per input)."""
         return self.Prediction
+
+    def export_example(self) -> list[dict[str, Any]]:
+        """Two input records to trace the model with for export (any valid input of this task)."""
+        return [{column: "an example sentence to trace the model with" for column in self.input_columns()},
+                {column: "and a second, shorter one" for column in self.input_columns()}]
 
     def input_row(self, item: Any) -> dict[str, Any]:
         """One plain input (a string by default) as a record."""

@@ -81,6 +81,8 @@ class GenerationTask(Task):
     peft_task_type = "CAUSAL_LM"
     primary_metric = ("loss", False)
     default_template: str | None = None  # the user turn around {text} (dialogue records carry their own turns)
+    exportable = False
+    export_note = "generation runs a decoding loop around the model; its fast engine is a separate export format"
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)

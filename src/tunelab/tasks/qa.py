@@ -115,6 +115,11 @@ class QaTask(Task):
     def input_columns(self) -> list[str]:
         return [self.state["question_column"], self.state["context_column"]]
 
+    def export_example(self) -> list[dict[str, Any]]:
+        q, c = self.state["question_column"], self.state["context_column"]
+        return [{q: "What colour is the sky?", c: "The sky is blue on a clear day, and grey when it rains."},
+                {q: "Who wrote it?", c: "It was written by Ann in 1990."}]
+
     def input_row(self, item: Any) -> dict[str, Any]:
         raise DataError("this model takes records, not plain texts: pass dicts such as "
                         "{'question': ..., 'context': ...}")

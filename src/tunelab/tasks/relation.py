@@ -269,6 +269,11 @@ class RelationTask(Task):
             model.classifier.load_state_dict(load_file(str(head_file)))
         return model, ["classifier"]
 
+    def export_example(self) -> list[dict[str, Any]]:
+        col = self.state["text_column"]
+        return [{col: "The <e1>storm</e1> caused the <e2>flood</e2> last night."},
+                {col: "A <e1>cup</e1> of <e2>tea</e2>."}]
+
     def trainable_token_ids(self) -> list[int]:
         """The marker embeddings train under every method."""
         return list(self.state["marker_ids"])

@@ -1,0 +1,133 @@
+"""``tunelab export``: ONNX (fp32 and int8) artifacts that Predictor.load opens, with the same task code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tunelab
+from tunelab.cli import main
+from tunelab.export import ExportError, compare
+
+from conftest import sentiment_rows, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _scores(predictions: list[dict]) -> np.ndarray:
+    return np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in predictions])
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cls") / "run"
+    return tunelab.fit(tiny_config(tiny_bert, out, epochs=2), train=sentiment_rows(64)).artifact_dir
+
+
+def test_fp32_export_predicts_like_pytorch(classifier: Path, tmp_path: Path) -> None:
+    path = tunelab.export(classifier, tmp_path / "onnx", check=sentiment_rows(24, seed=4), max_drop=0.0)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["model_format"] == "onnx" and manifest["export"]["quantization"] == "none"
+    assert manifest["export"]["check"]["drop_points"] == 0.0 and manifest["task"] == json.loads(
+        (classifier / "manifest.json").read_text())["task"]
+    texts = ["the film was great", "a tedious , dreadful meal that went on and on", "ok"]
+    torch_model, onnx_model = tunelab.Predictor.load(classifier), tunelab.Predictor.load(path)
+    assert type(onnx_model.model).__name__ == "OnnxModel"
+    np.testing.assert_allclose(_scores(onnx_model.predict(texts)), _scores(torch_model.predict(texts)), atol=1e-4)
+    assert onnx_model.predict("great")["label"] == torch_model.predict("great")["label"]
+    assert onnx_model.evaluate(sentiment_rows(24, seed=4)) == torch_model.evaluate(sentiment_rows(24, seed=4))
+
+
+def test_int8_export_stays_close(classifier: Path, tmp_path: Path) -> None:
+    path = tunelab.export(classifier, tmp_path / "int8", quantize="int8")
+    texts = [r["text"] for r in sentiment_rows(32, seed=7)]
+    quantized = tunelab.Predictor.load(path)
+    assert json.loads((path / "manifest.json").read_text())["export"]["quantization"] == "int8"
+    assert (path / "model" / "model.onnx").stat().st_size < (classifier / "model" / "model.safetensors").stat().st_size
+    diff = np.abs(_scores(quantized.predict(texts)) - _scores(tunelab.Predictor.load(classifier).predict(texts)))
+    assert diff.max() < 0.05
+
+
+NAMES, CITIES = ["Ann", "Bob", "Carl", "Dora"], ["Paris", "Lima", "Oslo", "Rome"]
+TASK_DATA = {
+    "ner": ([{"tokens": [n, "lives", "in", c, "."], "tags": ["B-PER", "O", "O", "B-LOC", "O"]}
+             for n in NAMES for c in CITIES], {"case_markers": False},
+            ["Ann lives in Rome .", ["Dora", "lives", "in", "Lima", "."]]),
+    "qa": ([{"question": f"what color was the {a} ?", "context": f"the {a} was {c} .",
+             "answers": {"text": [c], "answer_start": [len(f"the {a} was ")]}}
+            for a in ("cat", "dog", "cow", "fox") for c in ("red", "blue", "green")], {},
+           [{"question": "what color was the cat ?", "context": "the cat was blue . the dog was red ."}]),
+    "relation": ([{"text": f"the <e1>{a}</e1> {v} the <e2>{b}</e2>", "label": label}
+                  for a, b in (("storm", "flood"), ("box", "jar"), ("fire", "virus"))
+                  for v, label in (("caused", "Cause-Effect(e1,e2)"), ("contains", "Content-Container(e1,e2)"))] * 2,
+                 {}, ["the <e1>jar</e1> contains the <e2>box</e2>", "the <e1>fire</e1> caused the <e2>storm</e2>"]),
+}
+
+
+@pytest.mark.parametrize("task", ["ner", "qa", "relation"])
+def test_other_encoder_tasks_export_with_parity(task: str, tiny_bert: Path, tmp_path: Path) -> None:
+    rows, options, inputs = TASK_DATA[task]
+    cfg = tiny_config(tiny_bert, tmp_path / "run", epochs=1)
+    cfg["task"] = {"name": task, **options}
+    run = tunelab.fit(cfg, train=rows)
+    path = tunelab.export(run.artifact_dir, tmp_path / "onnx")
+    a, b = tunelab.Predictor.load(run.artifact_dir).predict(inputs), tunelab.Predictor.load(path).predict(inputs)
+    key = {"ner": "tags", "qa": "answer", "relation": "label"}[task]
+    assert [p[key] for p in a] == [p[key] for p in b]
+    score = {"ner": None, "qa": "score", "relation": "score"}[task]
+    if score:
+        np.testing.assert_allclose([p[score] for p in a], [p[score] for p in b], atol=1e-4)
+
+
+def test_lora_is_merged_and_prompt_tuning_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_bert, tmp_path / "lora", epochs=1)
+    cfg["method"] = {"name": "lora", "r": 4}
+    run = tunelab.fit(cfg, train=sentiment_rows(32))
+    path = tunelab.export(run.artifact_dir, tmp_path / "lora-onnx")
+    texts = ["the show was superb", "the hotel was awful"]
+    np.testing.assert_allclose(_scores(tunelab.Predictor.load(path).predict(texts)),
+                               _scores(run.live.predict(texts)), atol=1e-4)
+    cfg = tiny_config(tiny_bert, tmp_path / "pt", epochs=1)
+    cfg["method"] = {"name": "prompt_tuning", "num_virtual_tokens": 2}
+    run = tunelab.fit(cfg, train=sentiment_rows(32))
+    with pytest.raises(tunelab.ConfigError, match="virtual tokens at run time"):
+        tunelab.export(run.artifact_dir, tmp_path / "pt-onnx")
+    assert not (tmp_path / "pt-onnx").exists()
+
+
+def test_a_failed_check_writes_nothing_and_a_damaged_export_is_named(classifier: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    source = tunelab.Predictor.load(classifier)
+
+    class Worse:
+        task = source.task
+
+        def evaluate(self, records):
+            return {"accuracy": source.evaluate(records)["accuracy"] - 0.25}
+
+    with pytest.raises(ExportError, match=r"a drop of 25.00 points, more than max_drop=1.0"):
+        compare(source, Worse(), sentiment_rows(8), max_drop=1.0)
+    path = tunelab.export(classifier, tmp_path / "onnx")
+    blob = bytearray((path / "model" / "model.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (path / "model" / "model.onnx").write_bytes(bytes(blob))
+    with pytest.raises(tunelab.ArtifactError, match="model.onnx has changed"):
+        tunelab.Predictor.load(path)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(tunelab.ConfigError, match=r"pip install 'tunelab\[onnx\]'"):
+        tunelab.export(classifier, tmp_path / "again")
+
+
+def test_cli_export_and_predict(classifier: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(16, seed=2)))
+    assert main(["export", str(classifier), "--output", str(tmp_path / "x"), "--quantize", "int8", "--check",
+                 str(data), "--max-drop", "100"]) == 0
+    assert "drop" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "x"), "the film was great"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("pos", "neg")
+    assert main(["export", str(classifier), "--quantize", "int4"]) == 2
