@@ -59,3 +59,45 @@ def test_bad_data_gives_one_clear_error(tiny_bert: Path, tmp_path: Path, capsys)
     assert main(["train", str(config), "data.text_column=review"]) == 2
     err = capsys.readouterr().err
     assert "column 'review' (input text) not found" in err and "data.text_column" in err
+
+
+@pytest.fixture(scope="module")
+def small_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tunelab
+
+    from conftest import tiny_config
+
+    out = tmp_path_factory.mktemp("stream") / "run"
+    return tunelab.fit(tiny_config(tiny_bert, out, epochs=1), train=sentiment_rows(32)).artifact_dir
+
+
+@pytest.mark.slow
+def test_predict_streams_a_large_file_and_resumes_a_killed_job(small_artifact: Path, tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    import tunelab.data
+
+    texts = [r["text"] for r in sentiment_rows(3000, seed=3)]
+    texts[1234] = ""  # a blank line stays an input (an error record in its place)
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(texts) + "\n", encoding="utf-8")
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("a .txt/.jsonl input must be streamed, not read whole")
+
+    monkeypatch.setattr(tunelab.data, "_read_file", whole_file)
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(small_artifact), "--file", str(big), "--output", str(out), "--chunk", "256"]) == 0
+    full = out.read_text().splitlines()
+    assert [json.loads(line)["row"] for line in full] == list(range(1, 3001))
+    assert "error" in json.loads(full[1234]) and "label" in json.loads(full[1235])
+
+    # a job killed after 1,000 rows, half-way through writing row 1,001
+    partial = tmp_path / ".again.jsonl.partial"
+    partial.write_text("\n".join(full[:1000]) + "\n" + full[1000][:17], encoding="utf-8")
+    again = tmp_path / "again.jsonl"
+    assert main(["predict", str(small_artifact), "--file", str(big), "--output", str(again), "--chunk", "256"]) == 2
+    assert "--resume" in capsys.readouterr().err and not again.exists()
+    assert main(["predict", str(small_artifact), "--file", str(big), "--output", str(again), "--chunk", "256",
+                 "--resume"]) == 0
+    assert "1000 rows already written" in capsys.readouterr().err
+    assert again.read_text().splitlines() == full and not partial.exists()

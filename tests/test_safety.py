@@ -179,7 +179,7 @@ def test_on_error_fail_names_the_row(artifact: Path, tmp_path: Path, capsys, mon
                            "--output", str(tmp_path / "out.jsonl")], capsys, monkeypatch)
     assert code == 2 and "line 3" in err and "empty text" in err and "Traceback" not in err
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
-    assert not list(tmp_path.glob(".out.jsonl.tmp-*"))
+    assert not list(tmp_path.glob(".out.jsonl*"))  # no partial output kept for a bad input
 
 
 def test_stray_quote_is_reported_where_it_opened(artifact: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -60,100 +60,130 @@ def _existing(path: str, what: str) -> Path:
     return p
 
 
-def _predict_inputs(args: argparse.Namespace) -> Any:
-    """Records to predict for, each with its row number: --file, the arguments, or stdin (every line is an
-    input, blank ones included, so output line N answers input line N)."""
-    from .data import read_records
+def _predict_chunks(args: argparse.Namespace, predictor: Any, skip: int) -> tuple[Any, int | None]:
+    """Chunks of records to predict for, each row numbered: --file (JSON Lines and text files streamed in
+    constant memory), the arguments, or stdin (every line is an input, blank ones included, so output line N
+    answers input line N). Returns the chunks and the number of inputs when known cheaply (for progress)."""
+    from .data import Records, count_lines, iter_records
+
+    def own_columns(records: Records) -> Records:
+        if records.columns == ["text"] and all(set(r) == {"text"} for r in records.rows):
+            # plain lines (a .txt file, a one-column file): the model's own text column, keeping the line numbers
+            shaped = predictor.as_records([r["text"] for r in records.rows])
+            shaped.source, shaped.lines = records.source, records.lines
+            return shaped
+        return records
 
     if args.file:
-        return read_records(_existing(args.file, "input"), format=args.format, encoding=args.encoding)
+        path = _existing(args.file, "input")
+        chunks = iter_records(path, format=args.format, encoding=args.encoding, chunk=args.chunk, skip=skip)
+        return (own_columns(c) for c in chunks), count_lines(path)
     texts = list(args.texts) if args.texts else [line.rstrip("\r\n") for line in sys.stdin]
     if not args.texts:
         while texts and not texts[-1].strip():  # the newline at the end of input is not an input
             texts.pop()
-    return texts
+    records = predictor.as_records(texts) if texts else Records([], "stdin", [], [])
+    records.source = "arguments" if args.texts else "stdin"
+    records.lines = list(range(1, len(records) + 1))
+    parts = [records.subset(range(i, min(i + args.chunk, len(records)))) for i in range(skip, len(records), args.chunk)]
+    return iter(parts), len(records)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``tunelab predict ARTIFACT [TEXT ...] [--file F]``: one JSON line per input, in order."""
-    from .data import Records
     from .predictor import Predictor
+    from .progress import progress
 
-    inputs = _predict_inputs(args)
     predictor = Predictor.load(args.artifact, threads=args.threads)
     if args.stream:
         if args.file:
             raise InputError("--stream works for generation artifacts with texts given as arguments or on stdin")
-        for text in inputs:
-            for piece in predictor.stream(text):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+        texts, _ = _predict_chunks(args, predictor, 0)
+        for chunk in texts:
+            for i in range(len(chunk)):
+                for piece in predictor.stream(chunk.subset([i])):
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
         return 0
-    if isinstance(inputs, Records) and inputs.columns == ["text"] and all(set(r) == {"text"} for r in inputs.rows):
-        # plain lines (a .txt file, a one-column file): the model's own text column, keeping the line numbers
-        records = predictor.as_records([r["text"] for r in inputs.rows])
-        records.source, records.lines = inputs.source, inputs.lines
-    elif isinstance(inputs, Records):
-        records = inputs
-    else:
-        records = predictor.as_records(inputs) if inputs else Records([], "stdin", [], [])
-        records.source = "arguments" if args.texts else "stdin"
-        records.lines = list(range(1, len(records) + 1))
-    numbers = [records.number(i) for i in range(len(records))]
-    ids = [r.get(args.id_column) for r in records.rows]
+    if args.resume and not args.output:
+        raise InputError("--resume continues an --output file; give the same --output as the stopped job")
+    out = _PartialOutput(Path(args.output), resume=args.resume) if args.output else None
+    done = out.open() if out else 0
+    handle = out.handle if out else sys.stdout
+    chunks, total = _predict_chunks(args, predictor, done)
     on_error = "raise" if args.on_error == "fail" else "record"
-    target = Path(args.output) if args.output else None
-    out = _atomic_output(target) if target else None
-    handle = out.open() if out else sys.stdout
-    failed = 0
+    failed = written = 0
+    quiet = total is not None and total <= args.chunk
     try:
-        for start in range(0, len(numbers), args.chunk):
-            chunk = records.subset(range(start, min(start + args.chunk, len(numbers))))
-            for k, pred in enumerate(predictor.predict(chunk, batch_size=args.batch_size, on_error=on_error)):
-                i = start + k
-                head = {"row": numbers[i], **({"id": ids[i]} if ids[i] is not None else {})}
+        for chunk in progress(chunks, total=-(-max(0, (total or 0) - done) // args.chunk), desc="predict",
+                              unit="chunk", quiet=quiet):
+            for i, pred in enumerate(predictor.predict(chunk, batch_size=args.batch_size, on_error=on_error)):
+                ident = chunk.rows[i].get(args.id_column)
+                head = {"row": chunk.number(i), **({"id": ident} if ident is not None else {})}
                 failed += "error" in pred
                 handle.write(json.dumps({**head, **pred}, ensure_ascii=False, default=str) + "\n")
+            written += len(chunk)
             handle.flush()
         if out:
             out.commit()
+    except TunelabError:
+        if out:
+            out.discard()  # a bad input: fix it and run again (rows may move), nothing to resume
+        raise
     finally:
         if out:
             out.close()
     if failed:
-        print(f"warning: {failed} of {len(numbers)} inputs could not be predicted: see the \"error\" field of those "
+        print(f"warning: {failed} of {written} inputs could not be predicted: see the \"error\" field of those "
               "rows (--on-error fail stops at the first instead)", file=sys.stderr)
     return 0
 
 
-class _atomic_output:
-    """Write to ``target.tmp-PID`` and rename onto ``target`` only when complete: a failed or killed run
-    never leaves a truncated file where a previous complete one was."""
+class _PartialOutput:
+    """JSON lines written to ``.NAME.partial`` beside ``target`` as they are made, renamed onto ``target`` only
+    when complete: a failed run never leaves a truncated file where a previous complete one was, and a killed
+    one leaves the partial file for ``--resume`` to continue (a half-written last line is dropped)."""
 
-    def __init__(self, target: Path):
-        self.target = target
-        self.tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    def __init__(self, target: Path, resume: bool):
+        self.target, self.resume = target, resume
+        self.partial = target.with_name(f".{target.name}.partial")
         self.handle: Any = None
 
-    def open(self) -> Any:
+    def open(self) -> int:
+        """Open for writing; returns how many rows a resumed partial file already holds."""
+        done = 0
+        if self.partial.exists() and not self.resume:
+            raise InputError(f"{self.partial} holds the output of an unfinished run: add --resume to continue it, "
+                             "or delete it to start over")
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.tmp, "w", encoding="utf-8")
+            if self.resume and self.partial.exists():
+                data = self.partial.read_bytes()
+                complete = data[: data.rfind(b"\n") + 1]  # a line cut by the kill is written again
+                done = complete.count(b"\n")
+                self.partial.write_bytes(complete)
+                print(f"resuming {self.target}: {done} rows already written", file=sys.stderr)
+            elif self.resume:
+                print(f"note: no unfinished output at {self.partial}; starting from the first row", file=sys.stderr)
+            self.handle = open(self.partial, "a" if done else "w", encoding="utf-8")
         except OSError as err:
             raise InputError(f"cannot write {self.target}: {err.strerror}") from None
-        return self.handle
+        return done
 
     def commit(self) -> None:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
-        os.replace(self.tmp, self.target)
+        os.replace(self.partial, self.target)
+
+    def discard(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.handle and not self.handle.closed:
             self.handle.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -252,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input that cannot be predicted: an error record in its place (default), or stop")
     p.add_argument("--id-column", default="id", help="column copied into each output as its id (default: id)")
     p.add_argument("--chunk", type=_positive, default=1024, help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help="continue a killed job's --output where it stopped")
     p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
 

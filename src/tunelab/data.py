@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import DataError
 
@@ -113,9 +113,8 @@ def _decode(path: Path, encoding: str = "utf-8") -> str:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}") from None
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
-        return raw.decode(codec)
+        return raw.decode(_codec(encoding))
     except LookupError:
         raise DataError(f"unknown text encoding {encoding!r} for {path} (data.encoding / --encoding); "
                         "e.g. utf-8, latin-1, gbk, utf-16") from None
@@ -193,6 +192,126 @@ def _read_file(path: Path, format: str = "auto", encoding: str = "utf-8") -> Rec
                "conll": lambda: _read_token_columns(path, text), "semeval": lambda: _read_semeval(path, text),
                "text": lambda: _read_text_lines(path, text)}
     return readers[fmt]()
+
+
+STREAMED = ("jsonl", "text")  # formats ``iter_records`` reads line by line
+
+
+def iter_records(path: str | Path, *, format: str = "auto", encoding: str = "utf-8", chunk: int = 1024,
+                 skip: int = 0) -> Iterator[Records]:
+    """The records of a file, ``chunk`` at a time, in order, after the first ``skip``.
+
+    JSON Lines and plain-text files (one record per line) are read line by line, so a file of any size takes
+    constant memory; the other formats are read whole (as ``read_records`` does), then handed out in chunks.
+    Line numbers, errors and blank-line handling are those of ``read_records``.
+
+    Args:
+        path: the file.
+        format: as in ``read_records`` (``auto``: by extension, checked against the first 64 KB).
+        encoding: the text encoding.
+        chunk: records per yielded ``Records``.
+        skip: records to pass over first (a resumed job).
+
+    Example:
+        >>> for part in iter_records("big.jsonl", chunk=1000):      # doctest: +SKIP
+        ...     print(len(part), part.lines[0])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
+    if format not in FORMATS:
+        raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}")
+    fmt = format if format != "auto" else detect_format(path, _head(path, encoding))
+    if fmt not in STREAMED or "16" in encoding or "32" in encoding:  # UTF-16/32 newlines are not single bytes
+        records = _read_file(path, fmt, encoding)
+        for start in range(skip, len(records), chunk):
+            yield records.subset(range(start, min(start + chunk, len(records))))
+        return
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    seen = 0
+    pending: list[int] = []  # blank text lines: records only if a non-blank line follows
+    for number, line in _lines(path, encoding):
+        if fmt == "jsonl":
+            if not line.strip():
+                continue
+            row = _json_row(path, number, line)
+        else:
+            if not line.strip():
+                pending.append(number)
+                continue
+            for blank in pending:
+                seen += 1
+                if seen > skip:
+                    rows.append({"text": ""})
+                    lines.append(blank)
+            pending = []
+            row = {"text": line}
+        seen += 1
+        if seen > skip:
+            rows.append(row)
+            lines.append(number)
+        if len(rows) >= chunk:
+            yield Records(rows, str(path), lines, sorted({k for r in rows for k in r}))
+            rows, lines = [], []
+    if seen == 0:
+        raise DataError(f"{path} is empty")
+    if rows:
+        yield Records(rows, str(path), lines, sorted({k for r in rows for k in r}))
+
+
+def count_lines(path: str | Path) -> int:
+    """Newlines in a file (plus a last unterminated line), counted in constant memory."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def _codec(encoding: str) -> str:
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+def _head(path: Path, encoding: str, size: int = 65536) -> str:
+    """The first ``size`` bytes as text (for format detection)."""
+    with open(path, "rb") as f:
+        raw = f.read(size)
+    try:
+        return raw.decode(_codec(encoding), errors="ignore")
+    except LookupError:
+        raise DataError(f"unknown text encoding {encoding!r} for {path} (data.encoding / --encoding); "
+                        "e.g. utf-8, latin-1, gbk, utf-16") from None
+
+
+def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end) for each line, each line decoded on its own (so a bad byte is
+    reported at its line)."""
+    codec = _codec(encoding)
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode(codec if number == 1 else codec.replace("-sig", ""))
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path} line {number}: not valid {encoding} (byte {raw[err.start]:#04x}); set "
+                                    "data.encoding (--encoding) to the file's encoding, e.g. latin-1 or gbk") from None
+                yield number, line.rstrip("\r\n")
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from None
+
+
+def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path} line {number}: expected a JSON object per line, got {type(row).__name__}")
+    return row
 
 
 def _read_text_lines(path: Path, text: str) -> Records:
@@ -332,13 +451,7 @@ def _read_jsonl(path: Path, text: str) -> Records:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {number}: expected a JSON object per line, got {type(row).__name__}")
-        rows.append(row)
+        rows.append(_json_row(path, number, line))
         lines.append(number)
     columns = sorted({k for row in rows for k in row})
     return Records(rows, str(path), lines, columns)
