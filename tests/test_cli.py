@@ -101,3 +101,9 @@ def test_predict_streams_a_large_file_and_resumes_a_killed_job(small_artifact: P
                  "--resume"]) == 0
     assert "1000 rows already written" in capsys.readouterr().err
     assert again.read_text().splitlines() == full and not partial.exists()
+
+
+def test_a_missing_input_leaves_no_partial_output(small_artifact: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(small_artifact), "--file", str(tmp_path / "nope.txt"), "--output", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not list(tmp_path.iterdir())

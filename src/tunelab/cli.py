@@ -111,11 +111,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = _PartialOutput(Path(args.output), resume=args.resume) if args.output else None
     done = out.open() if out else 0
     handle = out.handle if out else sys.stdout
-    chunks, total = _predict_chunks(args, predictor, done)
     on_error = "raise" if args.on_error == "fail" else "record"
     failed = written = 0
-    quiet = total is not None and total <= args.chunk
     try:
+        chunks, total = _predict_chunks(args, predictor, done)
+        quiet = total is not None and total <= args.chunk
         for chunk in progress(chunks, total=-(-max(0, (total or 0) - done) // args.chunk), desc="predict",
                               unit="chunk", quiet=quiet):
             for i, pred in enumerate(predictor.predict(chunk, batch_size=args.batch_size, on_error=on_error)):
@@ -128,8 +128,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if out:
             out.commit()
     except TunelabError:
-        if out:
-            out.discard()  # a bad input: fix it and run again (rows may move), nothing to resume
+        if out and not done:
+            out.discard()  # a bad input: fix it and run again (rows may move); nothing to resume
+        elif out:
+            print(f"note: the {done} rows written before are kept in {out.partial} for --resume", file=sys.stderr)
         raise
     finally:
         if out:
