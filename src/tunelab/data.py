@@ -176,13 +176,18 @@ def detect_format(path: Path, text: str) -> str:
         f"(or --format) to one of {', '.join(FORMATS[1:])}, or rename it with one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
-def _read_file(path: Path, format: str = "auto", encoding: str = "utf-8") -> Records:
+def _check_file(path: Path, format: str) -> None:
+    """A readable data file and a known format, or a DataError saying which is wrong."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     if path.is_dir():
         raise DataError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
     if format not in FORMATS:
         raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}")
+
+
+def _read_file(path: Path, format: str = "auto", encoding: str = "utf-8") -> Records:
+    _check_file(path, format)
     text = _decode(path, encoding)
     if not text.strip():
         raise DataError(f"{path} is empty")
@@ -217,12 +222,7 @@ def iter_records(path: str | Path, *, format: str = "auto", encoding: str = "utf
         ...     print(len(part), part.lines[0])
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; give a data file ({', '.join(SUPPORTED_SUFFIXES)})")
-    if format not in FORMATS:
-        raise DataError(f"unknown data format {format!r}; use one of {', '.join(FORMATS)}")
+    _check_file(path, format)
     fmt = format if format != "auto" else detect_format(path, _head(path, encoding))
     if fmt not in STREAMED or "16" in encoding or "32" in encoding:  # UTF-16/32 newlines are not single bytes
         records = _read_file(path, fmt, encoding)
