@@ -4,6 +4,8 @@ dynamic int8), on the same fine-tuned MiniLM weights, data and machine, in one r
 - SST-2 dev (872 sentences): sentences/s (median of 3) and accuracy for each; predictions of the pipeline must
   equal tunelab's; single-sentence latency p50/p95 (batch 1, 200 sentences).
 - CoNLL-2003 test: entity F1 and sentences/s, PyTorch vs ONNX int8.
+- Pruning (``tunelab compress``, no recovery training): 30% and 50% of the heads removed, on SST-2: ONNX size,
+  sentences/s and the accuracy delta against the unpruned PyTorch model.
 
 The fine-tuned models are trained here unless given (``--sst2-artifact``, ``--conll-artifact``): SST-2 full
 fine-tuning on a 10,000-row prefix (1 epoch), CoNLL-2003 on the first 3,000 training sentences (1 epoch).
@@ -99,6 +101,21 @@ def sst2(args: argparse.Namespace, report: dict) -> None:
                       "onnx_int8_vs_tunelab": round(out["onnx_int8_sent_per_s"] / out["tunelab_sent_per_s"], 2),
                       "onnx_int8_vs_pipeline_default": round(out["onnx_int8_sent_per_s"] / out["pipeline_default_sent_per_s"], 2)}
     report["sst2"] = out
+
+    pruning: dict = {"recovery_training": None, "importance": "weight magnitude"}
+    for share in (0.3, 0.5):
+        path = tunelab.compress(artifact, args.work / f"sst2-pruned-{share}", heads=share)
+        predictor = tunelab.Predictor.load(path)
+        seconds, preds = timed(lambda p=predictor: p.predict(texts))
+        acc = sum(p["label"] == g for p, g in zip(preds, gold)) / len(gold)
+        key = f"heads_{int(share * 100)}"
+        pruning[key] = {"onnx_mb": round((path / "model" / "model.onnx").stat().st_size / 2**20, 1),
+                        "sent_per_s": round(len(texts) / seconds, 1), "accuracy": acc,
+                        "accuracy_delta_points": round((acc - accuracy["torch"]) * 100, 2),
+                        "speedup_vs_onnx_fp32": round(len(texts) / seconds / out["onnx_fp32_sent_per_s"], 2)}
+        print(f"pruned {key}: {pruning[key]}", flush=True)
+    pruning["onnx_fp32_mb"] = round((Path(fp32) / "model" / "model.onnx").stat().st_size / 2**20, 1)
+    report["pruning"] = pruning
 
 
 def conll(args: argparse.Namespace, report: dict) -> None:

@@ -20,7 +20,7 @@ LAYERS = [
     {"methods", "train"},
     {"predictor"},
     {"strategies"},
-    {"api", "export"},
+    {"api", "export", "compress"},
     {"cli", "demo"},
     {""},  # the package itself: tunelab/__init__.py
 ]

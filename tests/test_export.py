@@ -131,3 +131,34 @@ def test_cli_export_and_predict(classifier: Path, tmp_path: Path, capsys) -> Non
     assert main(["predict", str(tmp_path / "x"), "the film was great"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("pos", "neg")
     assert main(["export", str(classifier), "--quantize", "int4"]) == 2
+
+
+def test_pruning_removes_heads_and_neurons_and_exports(classifier: Path, tmp_path: Path, capsys) -> None:
+    import torch
+
+    from tunelab.compress import prune_ffn, prune_heads
+
+    source = tunelab.Predictor.load(classifier)
+    model = source.model
+    texts = ["the film was great", "the meal was dull and tedious"]
+    batch = source.task.collate(source.processor)(
+        source.task.encode(source.as_records(texts), source.processor, with_labels=False))
+    # the tiny model: 2 layers of 2 heads (size 16) and 64 feed-forward neurons
+    assert prune_heads(model, 0.5) == 2 and prune_ffn(model, 0.25) == 32
+    layer = model.bert.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 16 and layer.intermediate.dense.out_features == 48
+    with torch.inference_mode():
+        pruned_logits = model(**batch).logits  # the sliced model still runs
+    path = tunelab.compress(classifier, tmp_path / "pruned", heads=0.5, ffn=0.25, check=sentiment_rows(16), max_drop=100)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["compression"]["removed"] == {"heads": 2, "ffn_neurons": 32}
+    assert manifest["compression"]["parameters_after"] < manifest["compression"]["parameters_before"]
+    loaded = tunelab.Predictor.load(path)
+    np.testing.assert_allclose(_scores(loaded.predict(texts)), torch.softmax(pruned_logits, -1).numpy(), atol=1e-4)
+    fresh = tunelab.Predictor.load(classifier).model  # the source artifact is untouched
+    assert fresh.bert.encoder.layer[0].intermediate.dense.out_features == 64
+    with pytest.raises(tunelab.ConfigError, match="give a share between 0 and 1"):
+        tunelab.compress(classifier, tmp_path / "x", heads=1.0)
+    assert main(["compress", str(classifier), "--prune", "heads=0.5", "--output", str(tmp_path / "cli")]) == 0
+    assert main(["compress", str(classifier), "--prune", "layers=0.5"]) == 2
+    assert "give heads=SHARE" in capsys.readouterr().err

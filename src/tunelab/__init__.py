@@ -18,6 +18,7 @@ apply_offline_default()  # before transformers/huggingface_hub are imported anyw
 
 from . import registry  # noqa: E402
 from .api import Run, evaluate, fit, summary  # noqa: E402
+from .compress import compress  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
@@ -52,6 +53,7 @@ __all__ = [
     "TrainingError",
     "TunelabError",
     "__version__",
+    "compress",
     "evaluate",
     "export",
     "fit",

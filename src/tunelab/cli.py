@@ -201,6 +201,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``tunelab compress ARTIFACT --prune heads=0.3[,ffn=0.2]``: a pruned ONNX artifact beside the source."""
+    from .compress import compress
+    from .data import read_records
+    from .errors import ConfigError
+
+    shares: dict[str, float] = {}
+    for part in filter(None, args.prune.split(",")):
+        key, _, value = part.partition("=")
+        if key.strip() not in ("heads", "ffn"):
+            raise ConfigError(f"--prune {part!r}: give heads=SHARE and/or ffn=SHARE, e.g. --prune heads=0.3")
+        try:
+            shares[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--prune {part!r}: {value!r} is not a number") from None
+    check = read_records(_existing(args.check, "check"), format=args.format, encoding=args.encoding) if args.check else None
+    print(compress(args.artifact, args.output, **shares, quantize=args.quantize, check=check, max_drop=args.max_drop))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -297,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")
     p.add_argument("--output", help="where to write (default: artifact-onnx[-int8] beside the source)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compress", help="prune attention heads / feed-forward neurons of a fine-tuned encoder; writes "
+                       "an ONNX artifact", parents=[common, reading])
+    p.add_argument("artifact", help="artifact or run directory")
+    p.add_argument("--prune", required=True, help="shares to remove per layer, e.g. heads=0.3 or heads=0.3,ffn=0.2")
+    p.add_argument("--quantize", help="int8: quantize the pruned model too")
+    p.add_argument("--check", help="labelled records: evaluate source and pruned model; stop if the metric drops")
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")
+    p.add_argument("--output", help="where to write (default: artifact-pruned beside the source)")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("demo", parents=[common], help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")
     p.add_argument("--output-dir", default="runs/demo")

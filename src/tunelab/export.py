@@ -95,9 +95,28 @@ def export(artifact: str | Path, output: str | Path | None = None, *, quantize: 
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantize!r}")
-    ort = onnxruntime()
+    onnxruntime()  # a missing runtime is said before any work
     source = Predictor.load(artifact)
     model = exportable_model(source)
+    target = Path(output) if output else source.path.parent / ("artifact-onnx" + (f"-{quantize}" if quantize else ""))
+    return write_onnx(source, model, target, quantize=quantize, check=check, max_drop=max_drop, opset=opset)
+
+
+def write_onnx(source: Predictor, model: torch.nn.Module, target: Path, *, quantize: str | None = None,
+               check: Any = None, max_drop: float = 1.0, opset: int = 18,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Trace ``model`` (the source's model, possibly compressed) to ONNX and write an artifact at ``target``.
+
+    Args:
+        source: the predictor of the source artifact (its task, processor and manifest are reused).
+        model: the torch model to export.
+        target: the artifact directory to write.
+        quantize, check, max_drop, opset: as in ``export``.
+        extra: more manifest fields (e.g. ``compression``).
+    """
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantize!r}")
+    ort = onnxruntime()
     task, processor = source.task, source.processor
     features = task.encode(Records(task.export_example(), "export example", None, []), processor, with_labels=False)
     batch = task.collate(processor)(features)
@@ -106,7 +125,6 @@ def export(artifact: str | Path, output: str | Path | None = None, *, quantize: 
     with torch.inference_mode():
         sample = model(**batch)
     outputs = [name for name in OUTPUT_NAMES if getattr(sample, name, None) is not None]
-    target = Path(output) if output else source.path.parent / ("artifact-onnx" + (f"-{quantize}" if quantize else ""))
 
     with tempfile.TemporaryDirectory(prefix=".tunelab-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -125,7 +143,7 @@ def export(artifact: str | Path, output: str | Path | None = None, *, quantize: 
         manifest.update(model_format="onnx", export={
             "runtime": f"onnxruntime {ort.__version__}", "exporter": f"torch.onnx {torch.__version__}",
             "opset": opset, "quantization": quantize or "none", "inputs": inputs, "outputs": outputs,
-            "source": str(source.path), "seconds": round(seconds, 2), "check": parity})
+            "source": str(source.path), "seconds": round(seconds, 2), "check": parity}, **(extra or {}))
 
         def write_parts(staging: Path) -> None:
             top = source.path.resolve()
