@@ -78,3 +78,16 @@ def test_incomplete_or_foreign_artifact_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(tunelab.ArtifactError, match="format 99"):
         read_manifest(tmp_path / "a")
+
+
+def test_the_gguf_cache_is_keyed_by_content_not_by_install_path(tmp_path: Path) -> None:
+    from tunelab.models import gguf_fingerprint
+
+    blob = bytes(range(256)) * 20000  # 5 MB
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "m.gguf").write_bytes(blob)
+    (tmp_path / "b" / "m.gguf").write_bytes(blob)  # the same file in another environment
+    assert gguf_fingerprint(tmp_path / "a" / "m.gguf") == gguf_fingerprint(tmp_path / "b" / "m.gguf")
+    (tmp_path / "b" / "m.gguf").write_bytes(blob[:-1] + b"x")
+    assert gguf_fingerprint(tmp_path / "a" / "m.gguf") != gguf_fingerprint(tmp_path / "b" / "m.gguf")

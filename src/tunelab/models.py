@@ -100,11 +100,21 @@ def resolve_model(name: str, *, allow_network: bool = False) -> ResolvedModel:
     )
 
 
+def gguf_fingerprint(path: Path, sample: int = 1 << 20) -> str:
+    """A key for a GGUF file's content (size plus its first and last MB): the same file installed in another
+    environment maps to the same cache entry, an edited one to a new entry."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(sample))
+        f.seek(max(0, size - sample))
+        digest.update(f.read(sample))
+    return digest.hexdigest()[:16]
+
+
 def dequantized_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF file once into an fp32 safetensors directory in the cache; return that directory."""
-    stat = gguf_path.stat()
-    fingerprint = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
-    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{fingerprint}"
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{gguf_fingerprint(gguf_path)}"
     if (target / "config.json").is_file():
         return target
 
