@@ -162,3 +162,16 @@ def test_pruning_removes_heads_and_neurons_and_exports(classifier: Path, tmp_pat
     assert main(["compress", str(classifier), "--prune", "heads=0.5", "--output", str(tmp_path / "cli")]) == 0
     assert main(["compress", str(classifier), "--prune", "layers=0.5"]) == 2
     assert "give heads=SHARE" in capsys.readouterr().err
+
+
+def test_recovery_training_after_pruning(classifier: Path, tmp_path: Path) -> None:
+    texts = [r["text"] for r in sentiment_rows(12, seed=8)]
+    plain = tunelab.compress(classifier, tmp_path / "plain", heads=0.5)
+    recovered = tunelab.compress(classifier, tmp_path / "recovered", heads=0.5, recover_data=sentiment_rows(80, seed=5),
+                                 recover_steps=6)
+    recovery = json.loads((recovered / "manifest.json").read_text())["compression"]["recovery_training"]
+    assert recovery["steps"] == 6 and recovery["records"] == 72 and "accuracy" in recovery
+    assert json.loads((plain / "manifest.json").read_text())["compression"]["recovery_training"] is None
+    a = _scores(tunelab.Predictor.load(plain).predict(texts))
+    b = _scores(tunelab.Predictor.load(recovered).predict(texts))
+    assert np.abs(a - b).max() > 1e-4  # the pruned weights trained on

@@ -216,8 +216,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             shares[key.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"--prune {part!r}: {value!r} is not a number") from None
-    check = read_records(_existing(args.check, "check"), format=args.format, encoding=args.encoding) if args.check else None
-    print(compress(args.artifact, args.output, **shares, quantize=args.quantize, check=check, max_drop=args.max_drop))
+    def records(path: str | None, what: str) -> Any:
+        return read_records(_existing(path, what), format=args.format, encoding=args.encoding) if path else None
+
+    print(compress(args.artifact, args.output, **shares, recover_data=records(args.recover, "recover"),
+                   recover_steps=args.recover_steps, quantize=args.quantize, check=records(args.check, "check"),
+                   max_drop=args.max_drop))
     return 0
 
 
@@ -322,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "an ONNX artifact", parents=[common, reading])
     p.add_argument("artifact", help="artifact or run directory")
     p.add_argument("--prune", required=True, help="shares to remove per layer, e.g. heads=0.3 or heads=0.3,ffn=0.2")
+    p.add_argument("--recover", help="labelled records to train the pruned model on before export (recovers accuracy)")
+    p.add_argument("--recover-steps", type=_positive, default=200, help="optimizer steps of that training (default 200)")
     p.add_argument("--quantize", help="int8: quantize the pruned model too")
     p.add_argument("--check", help="labelled records: evaluate source and pruned model; stop if the metric drops")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")

@@ -6,8 +6,10 @@ In every transformer layer the same share of heads and of feed-forward neurons i
 important first: a head's importance is the norm of its query, key, value and output-projection weights; a
 neuron's is the norm of its input row times the norm of its output column (magnitude importance, no data
 needed). The pruned layers are sliced copies of the originals (``torch.nn.Linear`` with the kept rows and
-columns), and the result goes through the same export as ``tunelab export``, ``--check`` included (pruning
-without recovery training costs accuracy: check it, and set ``--max-drop`` to what you accept).
+columns), then optionally trained for a few steps on labelled records to recover (``recover=DATA``,
+``recover_steps``: tunelab's training loop, the source's task loss), and the result goes through the same export
+as ``tunelab export``, ``--check`` included (pruning costs accuracy: check it, and set ``--max-drop`` to what
+you accept).
 
 Example:
     >>> path = tunelab.compress("runs/sst2", heads=0.3, check="dev.tsv", max_drop=2)   # doctest: +SKIP
@@ -90,8 +92,37 @@ def prune_ffn(model: torch.nn.Module, fraction: float) -> int:
     return removed
 
 
+def recover(model: torch.nn.Module, source: Predictor, data: Any, steps: int, learning_rate: float = 5e-5,
+            seed: int = 42) -> dict[str, Any]:
+    """Train the pruned ``model`` for ``steps`` optimizer steps on labelled ``data`` with the source's task loss
+    and training settings (tunelab's loop, best step kept by a held-out tenth); returns what the loop measured."""
+    import tempfile
+
+    from .config import TrainConfig
+    from .data import read_records, split_validation
+    from .train import LoopInputs, train_loop
+
+    task, processor = source.task, source.processor
+    records = read_records(data)
+    train_part, held_out = split_validation(records, 0.1, seed, task.stratify_keys(records))
+    cfg = TrainConfig(max_steps=steps, batch_size=32, learning_rate=learning_rate, eval_every=max(1, steps // 4),
+                      seed=seed)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with tempfile.TemporaryDirectory(prefix=".tunelab-recover-") as run_dir:
+        result = train_loop(LoopInputs(
+            model=model, task=task, processor=processor,
+            train_features=task.encode(train_part, processor, with_labels=True),
+            val_features=task.encode(held_out, processor, with_labels=True), train=cfg, learning_rate=learning_rate,
+            head_names=[], run_dir=Path(run_dir)))
+    model.eval()
+    return {"steps": result.steps, "records": len(train_part), "learning_rate": learning_rate,
+            "best_step": result.best_step, result.metric_name: result.best_metric}
+
+
 def compress(artifact: str | Path, output: str | Path | None = None, *, heads: float = 0.0, ffn: float = 0.0,
-             quantize: str | None = None, check: Any = None, max_drop: float = 1.0) -> Path:
+             recover_data: Any = None, recover_steps: int = 200, quantize: str | None = None, check: Any = None,
+             max_drop: float = 1.0) -> Path:
     """Prune a fine-tuned encoder artifact's heads and feed-forward neurons and write it as an ONNX artifact.
 
     Args:
@@ -99,6 +130,8 @@ def compress(artifact: str | Path, output: str | Path | None = None, *, heads: f
         output: where to write (default: ``artifact-pruned`` beside the source).
         heads: the share of attention heads to remove in every layer (0 <= heads < 1).
         ffn: the share of feed-forward neurons to remove in every layer.
+        recover_data: labelled records to train the pruned model on before export (None: no recovery).
+        recover_steps: optimizer steps of that recovery training.
         quantize: ``"int8"`` to quantize the pruned model too.
         check: labelled records to compare source and pruned model on.
         max_drop: the largest allowed drop of the primary metric, in points.
@@ -119,8 +152,9 @@ def compress(artifact: str | Path, output: str | Path | None = None, *, heads: f
     before = sum(p.numel() for p in model.parameters())
     removed = {"heads": prune_heads(model, heads) if heads else 0, "ffn_neurons": prune_ffn(model, ffn) if ffn else 0}
     after = sum(p.numel() for p in model.parameters())
+    recovery = recover(model, source, recover_data, recover_steps) if recover_data is not None else None
     target = Path(output) if output else source.path.parent / "artifact-pruned"
     return write_onnx(source, model, target, quantize=quantize, check=check, max_drop=max_drop,
                       extra={"compression": {"heads": heads, "ffn": ffn, "removed": removed,
                                              "parameters_before": before, "parameters_after": after,
-                                             "importance": "weight magnitude", "recovery_training": None}})
+                                             "importance": "weight magnitude", "recovery_training": recovery}})
