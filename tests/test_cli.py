@@ -107,3 +107,16 @@ def test_a_missing_input_leaves_no_partial_output(small_artifact: Path, tmp_path
     out = tmp_path / "out.jsonl"
     assert main(["predict", str(small_artifact), "--file", str(tmp_path / "nope.txt"), "--output", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_a_bad_line_in_a_streamed_file_is_named_and_nothing_is_kept(small_artifact: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"text": "the film was great"}\n{"text": "fine"\n[1, 2]\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(small_artifact), "--file", str(data), "--output", str(out)]) == 2
+    assert "in.jsonl line 2: invalid JSON" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no partial file
+    (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\xfe broken\n")
+    assert main(["predict", str(small_artifact), "--file", str(tmp_path / "bad.txt")]) == 2
+    assert "bad.txt line 2: not valid utf-8" in capsys.readouterr().err

@@ -117,6 +117,13 @@ def test_a_failed_check_writes_nothing_and_a_damaged_export_is_named(classifier:
     (path / "model" / "model.onnx").write_bytes(bytes(blob))
     with pytest.raises(tunelab.ArtifactError, match="model.onnx has changed"):
         tunelab.Predictor.load(path)
+    blob[len(blob) // 2] ^= 0xFF
+    (path / "model" / "model.onnx").write_bytes(bytes(blob))  # restored
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["export"]["inputs"] = ["input_ids", "pixel_values"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(tunelab.ArtifactError, match="does not match its manifest"):
+        tunelab.Predictor.load(path)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(tunelab.ConfigError, match=r"pip install 'tunelab\[onnx\]'"):
         tunelab.export(classifier, tmp_path / "again")
