@@ -93,9 +93,6 @@ def export(artifact: str | Path, output: str | Path | None = None, *, quantize: 
     Example:
         >>> export("runs/sst2", quantize="int8", check="dev.tsv", max_drop=0.5)   # doctest: +SKIP
     """
-    if quantize not in (None, *QUANTIZATIONS):
-        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantize!r}")
-    onnxruntime()  # a missing runtime is said before any work
     source = Predictor.load(artifact)
     model = exportable_model(source)
     target = Path(output) if output else source.path.parent / ("artifact-onnx" + (f"-{quantize}" if quantize else ""))
