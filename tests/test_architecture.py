@@ -15,12 +15,12 @@ LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
      "checkpoint", "rundir"},
-    {"causal_lm", "sentence_embeddings", "onnx_model"},
+    {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes"},
     {"tasks"},
     {"methods", "train"},
     {"predictor"},
     {"strategies"},
-    {"api", "export", "compress"},
+    {"api", "export", "export_check", "export_genai", "compress"},
     {"cli", "demo"},
     {""},  # the package itself: tunelab/__init__.py
 ]

@@ -129,3 +129,35 @@ class _Tok:
 
     def __call__(self, texts, pairs=None, **_):
         return {"input_ids": [[1, 2, 3] for _ in texts]}
+
+
+@pytest.mark.parametrize("name, content", [
+    ("a.csv", '\ufefftext,label\n"a, quoted",pos\n\n"two\nlines",neg\nplain,pos\n'),
+    ("b.tsv", 'sentence\tlabel\nit "quotes" freely\t1\nmore\t0\n'),
+    ("c.csv", "text\nfirst\n\nthird\n\n"),  # one column: a blank line is an empty record, trailing ones are not
+])
+def test_csv_and_tsv_stream_like_they_read(tmp_path: Path, monkeypatch, name: str, content: str) -> None:
+    import tunelab.data
+
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    whole = read_records(path)
+    monkeypatch.setattr(tunelab.data, "_read_file", lambda *a, **k: pytest.fail("a CSV/TSV file must be streamed"))
+    parts = list(tunelab.data.iter_records(path, chunk=2))
+    assert [r for p in parts for r in p.rows] == whole.rows
+    assert [n for p in parts for n in p.lines] == whole.lines
+    assert parts[0].columns == whole.columns
+    assert [r for p in tunelab.data.iter_records(path, chunk=2, skip=1) for r in p.rows] == whole.rows[1:]
+
+
+def test_a_streamed_csv_names_the_bad_line(tmp_path: Path) -> None:
+    import tunelab.data
+
+    path = tmp_path / "bad.csv"
+    path.write_text("text,label\n" + "ok,pos\n" * 600 + "too,many,fields\n", encoding="utf-8")
+    with pytest.raises(tunelab.DataError, match=r"bad.csv line 602: expected 2 fields \(text, label\), found 3"):
+        list(tunelab.data.iter_records(path, chunk=100))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(tunelab.DataError, match="not valid utf-8"):
+        list(tunelab.data.iter_records(latin))

@@ -52,6 +52,17 @@ def test_int8_export_stays_close(classifier: Path, tmp_path: Path) -> None:
     assert diff.max() < 0.05
 
 
+def test_fp16_weights_halve_the_file_and_keep_the_predictions(classifier: Path, tmp_path: Path) -> None:
+    full = tunelab.export(classifier, tmp_path / "fp32")
+    half = tunelab.export(classifier, tmp_path / "fp16", quantize="fp16-weights")
+    assert json.loads((half / "manifest.json").read_text())["export"]["quantization"] == "fp16-weights"
+    size = (half / "model" / "model.onnx").stat().st_size / (full / "model" / "model.onnx").stat().st_size
+    assert 0.45 < size < 0.65  # the embeddings and matrices halve; biases and norms stay float32
+    texts = [r["text"] for r in sentiment_rows(32, seed=7)]
+    diff = np.abs(_scores(tunelab.Predictor.load(half).predict(texts)) - _scores(tunelab.Predictor.load(full).predict(texts)))
+    assert 0 < diff.max() < 1e-3  # the weights did change (rounded), the scores barely
+
+
 NAMES, CITIES = ["Ann", "Bob", "Carl", "Dora"], ["Paris", "Lima", "Oslo", "Rome"]
 TASK_DATA = {
     "ner": ([{"tokens": [n, "lives", "in", c, "."], "tags": ["B-PER", "O", "O", "B-LOC", "O"]}
@@ -138,6 +149,7 @@ def test_cli_export_and_predict(classifier: Path, tmp_path: Path, capsys) -> Non
     assert main(["predict", str(tmp_path / "x"), "the film was great"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("pos", "neg")
     assert main(["export", str(classifier), "--quantize", "int4"]) == 2
+    assert "the onnx format quantizes to int8, fp16-weights" in capsys.readouterr().err
 
 
 def test_pruning_removes_heads_and_neurons_and_exports(classifier: Path, tmp_path: Path, capsys) -> None:

@@ -28,6 +28,11 @@ from .models import load_pretrained, quiet_loading, resolve_model
 from .prompts import ensure_chat_template
 
 
+class GenerateOnly(torch.nn.Module):
+    """A causal LM that generates through ``generate`` but has no forward pass for losses or scores (an
+    exported engine such as ``tunelab.genai_model.GenAIModel``); evaluation then reports generation metrics only."""
+
+
 def load_causal_lm(name_or_path: Any, *, allow_network: bool = False) -> tuple[torch.nn.Module, Any]:
     """A causal LM and its tokenizer (pad token set, chat template ensured), in eval mode."""
     from transformers import AutoModelForCausalLM

@@ -189,15 +189,18 @@ class _PartialOutput:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``tunelab export ARTIFACT [--quantize int8] [--check DATA]``: an ONNX artifact beside the source."""
+    """``tunelab export ARTIFACT [--format onnx|onnx-genai] [--quantize Q] [--check DATA]``: a new artifact."""
     from .data import read_records
-    from .errors import ConfigError
     from .export import export
 
-    if args.export_format != "onnx":
-        raise ConfigError(f"--to {args.export_format!r}: tunelab exports to onnx")
-    check = read_records(_existing(args.check, "check"), format=args.format, encoding=args.encoding) if args.check else None
-    print(export(args.artifact, args.output, quantize=args.quantize, check=check, max_drop=args.max_drop))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    check = read_records(_existing(args.check, "check"), format=args.check_format,
+                         encoding=args.check_encoding) if args.check else None
+    print(export(args.artifact, args.output, format=args.export_format, quantize=args.quantize, check=check,
+                 max_drop=args.max_drop))
     return 0
 
 
@@ -312,14 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a fine-tuned encoder artifact to ONNX (optionally int8) as a new artifact",
-                       parents=[common, reading])
+    p = sub.add_parser("export", help="export an artifact for fast prediction: ONNX (encoders, optionally int8) or "
+                       "the ONNX Runtime GenAI engine (causal LMs, int8 by default)", parents=[common])
     p.add_argument("artifact", help="artifact or run directory")
-    p.add_argument("--to", dest="export_format", default="onnx", help="the format: onnx (the only one so far)")
-    p.add_argument("--quantize", help="int8: dynamic int8 weights (default: fp32)")
+    p.add_argument("--format", "--to", dest="export_format", default="onnx", choices=("onnx", "onnx-genai"),
+                   help="onnx: encoder tasks (default); onnx-genai: generation and prompted NER on a causal LM")
+    p.add_argument("--quantize", help="onnx: int8 or fp16-weights (default: fp32); onnx-genai: int8 (default), "
+                   "int4 or fp32")
     p.add_argument("--check", help="labelled records: evaluate source and export on them; stop if the metric drops")
+    p.add_argument("--check-format", default="auto", choices=FORMATS, help="format of the --check file")
+    p.add_argument("--check-encoding", default="utf-8", help="encoding of the --check file (default utf-8)")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")
-    p.add_argument("--output", help="where to write (default: artifact-onnx[-int8] beside the source)")
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: all cores)")
+    p.add_argument("--output", help="where to write (default: artifact-FORMAT[-QUANTIZE] beside the source)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compress", help="prune attention heads / feed-forward neurons of a fine-tuned encoder; writes "

@@ -199,15 +199,15 @@ def _read_file(path: Path, format: str = "auto", encoding: str = "utf-8") -> Rec
     return readers[fmt]()
 
 
-STREAMED = ("jsonl", "text")  # formats ``iter_records`` reads line by line
+STREAMED = ("jsonl", "text", "csv", "tsv")  # formats ``iter_records`` reads line by line
 
 
 def iter_records(path: str | Path, *, format: str = "auto", encoding: str = "utf-8", chunk: int = 1024,
                  skip: int = 0) -> Iterator[Records]:
     """The records of a file, ``chunk`` at a time, in order, after the first ``skip``.
 
-    JSON Lines and plain-text files (one record per line) are read line by line, so a file of any size takes
-    constant memory; the other formats are read whole (as ``read_records`` does), then handed out in chunks.
+    JSON Lines, CSV/TSV and plain-text files (one record per line) are read as they go, so a file of any size
+    takes constant memory; the other formats are read whole (as ``read_records`` does), then handed out in chunks.
     Line numbers, errors and blank-line handling are those of ``read_records``.
 
     Args:
@@ -232,34 +232,52 @@ def iter_records(path: str | Path, *, format: str = "auto", encoding: str = "utf
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     seen = 0
-    pending: list[int] = []  # blank text lines: records only if a non-blank line follows
-    for number, line in _lines(path, encoding):
-        if fmt == "jsonl":
-            if not line.strip():
-                continue
-            row = _json_row(path, number, line)
-        else:
-            if not line.strip():
-                pending.append(number)
-                continue
-            for blank in pending:
-                seen += 1
-                if seen > skip:
-                    rows.append({"text": ""})
-                    lines.append(blank)
-            pending = []
-            row = {"text": line}
+    for number, row in _streamed_rows(path, fmt, encoding):
         seen += 1
         if seen > skip:
             rows.append(row)
             lines.append(number)
         if len(rows) >= chunk:
-            yield Records(rows, str(path), lines, sorted({k for r in rows for k in r}))
+            yield Records(rows, str(path), lines, _columns(rows))
             rows, lines = [], []
     if seen == 0:
         raise DataError(f"{path} is empty")
     if rows:
-        yield Records(rows, str(path), lines, sorted({k for r in rows for k in r}))
+        yield Records(rows, str(path), lines, _columns(rows))
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of streamed rows, in first-seen order (a CSV header's order)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def _streamed_rows(path: Path, fmt: str, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, row) of a JSON Lines, plain-text, CSV or TSV file, read line by line."""
+    if fmt in ("csv", "tsv"):
+        codec = _codec(encoding)
+        header: list[str] = []
+        try:
+            with open(path, encoding=codec, newline="") as stream:
+                yield from _delimited_rows(path, stream, "," if fmt == "csv" else "\t", header)
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not valid {encoding} (byte {err.object[err.start]:#04x}); set data.encoding "
+                            "(--encoding) to the file's encoding, e.g. latin-1 or gbk") from None
+        return
+    pending: list[int] = []  # blank text lines: records only if a non-blank line follows
+    for number, line in _lines(path, encoding):
+        if fmt == "jsonl":
+            if line.strip():
+                yield number, _json_row(path, number, line)
+            continue
+        if not line.strip():
+            pending.append(number)
+            continue
+        for blank in pending:
+            yield blank, {"text": ""}
+        pending = []
+        yield number, {"text": line}
 
 
 def count_lines(path: str | Path) -> int:
@@ -323,18 +341,29 @@ def _read_text_lines(path: Path, text: str) -> Records:
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
+    header: list[str] = []
+    rows, lines = [], []
+    for line, row in _delimited_rows(path, io.StringIO(text, newline=""), delimiter, header):
+        rows.append(row)
+        lines.append(line)
+    return Records(rows, str(path), lines, header)
+
+
+def _delimited_rows(path: Path, stream: Iterable[str], delimiter: str,
+                    header: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) for each record of a CSV/TSV text stream, read as it goes; ``header`` is filled with the
+    column names once the first line is read."""
     # TSV files in NLP (GLUE and friends) use bare quotes inside text, so quoting is off for TSV.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(stream, delimiter=delimiter, quoting=quoting)
     try:
-        header = next(reader)
+        names = next(reader)
     except csv.Error as err:
         raise DataError(f"{path} line 1: cannot parse the header: {err}") from None
-    header = [h.strip() for h in header]
+    header.extend(h.strip() for h in names)
     if len(set(header)) != len(header):
         dup = [h for h, n in Counter(header).items() if n > 1]
         raise DataError(f"{path} line 1: duplicate column names {dup}")
-    rows, lines = [], []
     blank: list[int] = []  # blank lines of a one-column file: empty values, kept unless trailing
     previous_end = reader.line_num
     try:
@@ -351,14 +380,11 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Records:
                     + (" — a tab or comma inside the text?" if len(fields) > len(header) else "")
                 )
             for empty in blank:
-                rows.append({header[0]: ""})
-                lines.append(empty)
+                yield empty, {header[0]: ""}
             blank = []
-            rows.append(dict(zip(header, fields)))
-            lines.append(line)
+            yield line, dict(zip(header, fields))
     except csv.Error as err:
         raise DataError(f"{path} line {previous_end}: {err}") from None
-    return Records(rows, str(path), lines, header)
 
 
 def _check_quotes(path: Path, fields: list[str], first: int, last: int, n_columns: int, delimiter: str) -> None:

@@ -1,18 +1,20 @@
-"""Export a fine-tuned encoder artifact to ONNX (optionally int8-quantized), as an artifact ``Predictor.load`` opens.
+"""Export a fine-tuned artifact as a new artifact ``Predictor.load`` opens, in one of the formats in ``FORMATS``:
 
-The model (LoRA or IA3 merged into its weights first) is traced with PyTorch's ONNX exporter (``torch.onnx``,
-the ``torch.export``-based path) with dynamic batch and sequence dimensions; ``quantize="int8"`` applies ONNX
-Runtime's dynamic int8 quantization to the weights of its linear layers. The result is a complete artifact:
-the processor, config and metrics of the source, ``model/model.onnx``, and a manifest recording the runtime,
-exporter, opset, quantization, inputs/outputs and the parity check. At prediction the same task code encodes
-inputs and decodes outputs (``tunelab.onnx_model.OnnxModel`` stands in for the torch model).
+- ``onnx`` (encoder tasks: classification, NER, relation extraction, QA): the model (LoRA or IA3 merged into
+  its weights first) traced with PyTorch's ONNX exporter (``torch.onnx``, the ``torch.export``-based path) with
+  dynamic batch and sequence dimensions; ``quantize="int8"`` applies ONNX Runtime's dynamic int8 quantization to
+  its linear layers, ``quantize="fp16-weights"`` stores the weights in float16 (half the file; ONNX Runtime
+  computes in float32). At prediction ``tunelab.onnx_model.OnnxModel`` stands in for the torch model.
+- ``onnx-genai`` (causal LMs: generation tasks, prompted NER): ONNX Runtime GenAI's engine, see
+  ``tunelab.export_genai``.
 
-``check=DATA`` evaluates the source and the exported model on the same records and stores the metric
-delta and the speed-up; a drop of the task's primary metric by more than ``max_drop`` points fails the
-export with a clear message, and nothing is written.
+Either way the same task code encodes inputs and decodes outputs, and the manifest records the runtime,
+exporter, quantization and the parity check: ``check=DATA`` evaluates the source and the exported model on
+the same records and stores the metric delta and the speed-up; a drop of the task's metric by more than
+``max_drop`` points fails the export with a clear message, and nothing is written.
 
-(optimum's ONNX exporter would be the usual tool; its current release requires transformers < 4.58, which
-cannot be installed beside the transformers 5 tunelab is built on.)
+(optimum's ONNX exporter would be the usual tool for encoders; its current release requires transformers
+< 4.58, which cannot be installed beside the transformers 5 tunelab is built on.)
 
 Example:
     >>> path = tunelab.export("runs/sst2", quantize="int8", check="dev.tsv")   # doctest: +SKIP
@@ -25,24 +27,26 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .artifact import write_artifact
-from .data import Records, read_records
-from .errors import ConfigError, TunelabError
+from .data import Records
+from .errors import ConfigError
+from .export_check import ExportError, compare, inherited_manifest, merged_model
+from .export_genai import QUANTIZATIONS as GENAI_QUANTIZATIONS
+from .export_genai import write_genai
 from .onnx_model import INSTALL, OnnxModel, onnxruntime
 from .predictor import Predictor
 
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "fp16-weights")
 OUTPUT_NAMES = ("logits", "start_logits", "end_logits")  # what tasks' ``extract`` read from a model output
-WRITTEN_BY_ARTIFACT = ("files", "sha256", "written_by", "format_version", "created", "libraries")
+FP16_MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay float32: nothing to gain, precision to lose
 
-
-class ExportError(TunelabError):
-    """The exported model is worse than allowed (``max_drop``), or the export itself failed."""
+__all__ = ["FORMATS", "ExportError", "ExportFormat", "compare", "export", "exportable_model", "write_onnx"]
 
 
 class _Positional(torch.nn.Module):
@@ -61,42 +65,69 @@ def exportable_model(predictor: Predictor) -> torch.nn.Module:
     """The predictor's model as plain weights (adapters merged), or a clear error why it cannot be exported."""
     manifest = predictor.manifest
     if manifest.get("strategy") != "finetune" or manifest.get("model_format") not in ("full", "peft"):
-        raise ConfigError(f"export takes a fine-tuned artifact with PyTorch weights; this one is strategy "
+        raise ConfigError(f"export to onnx takes a fine-tuned artifact with PyTorch weights; this one is strategy "
                           f"{manifest.get('strategy')!r}, model format {manifest.get('model_format')!r}")
-    if not predictor.task.exportable:
-        raise ConfigError(f"task {predictor.task.name} cannot be exported to ONNX: {predictor.task.export_note}")
-    model = predictor.model
-    if manifest["model_format"] == "peft":
-        method = manifest.get("method", {}).get("name")
-        if model.peft_config["default"].is_prompt_learning:
-            raise ConfigError(f"method {method} adds virtual tokens at run time, which cannot be merged into the "
-                              "weights: export works for full, lora, adalora and ia3 models")
-        model = model.merge_and_unload()
-    return model.eval()
+    return merged_model(predictor).eval()
 
 
-def export(artifact: str | Path, output: str | Path | None = None, *, quantize: str | None = None,
-           check: Any = None, max_drop: float = 1.0, opset: int = 18) -> Path:
-    """Export ``artifact`` to ONNX and write it as a new artifact.
+@dataclass(frozen=True)
+class ExportFormat:
+    """One ``tunelab export`` format.
 
     Args:
-        artifact: a fine-tuned encoder artifact (classification, NER, relation extraction, QA).
-        output: where to write (default: ``artifact-onnx`` or ``artifact-onnx-int8`` beside the source).
-        quantize: ``"int8"`` for dynamic int8 weights (ONNX Runtime's quantization tools), or None.
+        name: what ``--format`` / ``format=`` says.
+        quantizations: the ``quantize`` values it accepts (None: the format's default).
+        write: ``(source predictor, target directory, quantize, check, max_drop, opset) -> artifact path``.
+    """
+
+    name: str
+    quantizations: tuple[str, ...]
+    write: Callable[[Predictor, Path, str | None, Any, float, int], Path]
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat("onnx", QUANTIZATIONS, lambda source, target, quantize, check, max_drop, opset: write_onnx(
+        source, exportable_model(source), target, quantize=quantize, check=check, max_drop=max_drop, opset=opset)),
+    "onnx-genai": ExportFormat("onnx-genai", GENAI_QUANTIZATIONS, lambda source, target, quantize, check, max_drop,
+                               opset: write_genai(source, target, quantize=quantize, check=check, max_drop=max_drop)),
+}
+
+
+def export(artifact: str | Path, output: str | Path | None = None, *, format: str = "onnx",
+           quantize: str | None = None, check: Any = None, max_drop: float = 1.0, opset: int = 18) -> Path:
+    """Export ``artifact`` and write it as a new artifact.
+
+    Args:
+        artifact: a fine-tuned encoder artifact (``onnx``: classification, NER, relation extraction, QA), or a
+            causal-LM artifact (``onnx-genai``: generation tasks and prompted NER, fine-tuned or zero/few-shot).
+        output: where to write (default: ``artifact-FORMAT[-QUANTIZE]`` beside the source).
+        format: ``onnx`` or ``onnx-genai`` (see ``FORMATS``).
+        quantize: ``onnx``: ``int8`` (dynamic int8 weights) or ``fp16-weights``; ``onnx-genai``: ``int8``
+            (its default), ``int4`` or ``fp32``. None: the format's default (fp32 for onnx).
         check: labelled records (file, list of dicts, ...) to compare source and export on.
-        max_drop: the largest allowed drop of the primary metric, in points (accuracy/F1 x 100).
-        opset: the ONNX opset to export to.
+        max_drop: the largest allowed drop of the task's metric, in points (accuracy/F1 x 100, ROUGE-L).
+        opset: the ONNX opset of the ``onnx`` format.
 
     Returns:
         the exported artifact's directory.
 
     Example:
         >>> export("runs/sst2", quantize="int8", check="dev.tsv", max_drop=0.5)   # doctest: +SKIP
+        >>> export("runs/dialogsum", format="onnx-genai")                          # doctest: +SKIP
     """
+    if format not in FORMATS:
+        raise ConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+    kind = FORMATS[format]
+    if quantize is not None and quantize not in kind.quantizations:
+        raise ConfigError(f"the {format} format quantizes to {', '.join(kind.quantizations)} (or none), not {quantize!r}")
     source = Predictor.load(artifact)
-    model = exportable_model(source)
-    target = Path(output) if output else source.path.parent / ("artifact-onnx" + (f"-{quantize}" if quantize else ""))
-    return write_onnx(source, model, target, quantize=quantize, check=check, max_drop=max_drop, opset=opset)
+    task = source.task
+    if format not in task.export_formats:
+        why = task.export_note or (f"its format is {', '.join(task.export_formats)}" if task.export_formats else "")
+        raise ConfigError(f"task {task.name} ({source.manifest.get('strategy')}) cannot be exported to {format}: {why}")
+    suffix = f"-{quantize}" if quantize else ""
+    target = Path(output) if output else source.path.parent / f"artifact-{format}{suffix}"
+    return kind.write(source, target, quantize, check, max_drop, opset)
 
 
 def write_onnx(source: Predictor, model: torch.nn.Module, target: Path, *, quantize: str | None = None,
@@ -112,7 +143,7 @@ def write_onnx(source: Predictor, model: torch.nn.Module, target: Path, *, quant
         extra: more manifest fields (e.g. ``compression``).
     """
     if quantize not in (None, *QUANTIZATIONS):
-        raise ConfigError(f"quantize must be one of {', '.join(QUANTIZATIONS)} (or none), not {quantize!r}")
+        raise ConfigError(f"the onnx format quantizes to {', '.join(QUANTIZATIONS)} (or none), not {quantize!r}")
     ort = onnxruntime()
     task, processor = source.task, source.processor
     features = task.encode(Records(task.export_example(), "export example", None, []), processor, with_labels=False)
@@ -133,10 +164,12 @@ def write_onnx(source: Predictor, model: torch.nn.Module, target: Path, *, quant
             quantized = Path(tmp) / "model.int8.onnx"
             quantize_dynamic(str(onnx_path), str(quantized), weight_type=QuantType.QInt8)
             onnx_path = quantized
+        elif quantize == "fp16-weights":
+            onnx_path = _fp16_weights(onnx_path)
         seconds = time.perf_counter() - started
         exported = Predictor(OnnxModel(onnx_path, inputs, outputs), processor, task, {}, None)
         parity = compare(source, exported, check, max_drop) if check is not None else None
-        manifest = {k: v for k, v in source.manifest.items() if k not in WRITTEN_BY_ARTIFACT}
+        manifest = inherited_manifest(source)
         manifest.update(model_format="onnx", export={
             "runtime": f"onnxruntime {ort.__version__}", "exporter": f"torch.onnx {torch.__version__}",
             "opset": opset, "quantization": quantize or "none", "inputs": inputs, "outputs": outputs,
@@ -154,6 +187,34 @@ def write_onnx(source: Predictor, model: torch.nn.Module, target: Path, *, quant
     print(f"exported {source.path} -> {written} (onnx, opset {opset}, quantization {quantize or 'none'})",
           file=sys.stderr)
     return written
+
+
+def _fp16_weights(path: Path) -> Path:
+    """The model at ``path`` with its large float32 weights stored as float16, each cast back to float32 by a
+    ``Cast`` node (ONNX Runtime folds the casts when it loads the model: half the file, float32 arithmetic)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT and int(np.prod(tensor.dims)) >= FP16_MIN_ELEMENTS:
+            half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name + "__fp16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=onnx.TensorProto.FLOAT,
+                                          name=tensor.name + "__to_fp32"))
+        else:
+            kept.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    out = path.with_name("model.fp16-weights.onnx")
+    onnx.save(model, str(out))
+    return out
 
 
 def _trace(model: torch.nn.Module, batch: dict[str, torch.Tensor], inputs: list[str], outputs: list[str],
@@ -176,34 +237,3 @@ def _trace(model: torch.nn.Module, batch: dict[str, torch.Tensor], inputs: list[
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
         except Exception as err:  # the exporter raises many kinds; say which model and why, then stop
             raise ExportError(f"torch.onnx could not export this model: {err}") from None
-
-
-def compare(original: Predictor, exported: Predictor, data: Any, max_drop: float) -> dict[str, Any]:
-    """The primary metric of both on ``data``, its drop in points, and the evaluation speed-up.
-
-    Args:
-        original: the source predictor.
-        exported: the exported one.
-        data: labelled records.
-        max_drop: the largest allowed drop, in points.
-
-    Raises:
-        ExportError: the drop is larger than ``max_drop``.
-    """
-    records = read_records(data)
-    name, higher_is_better = original.task.primary_metric
-    started = time.perf_counter()
-    before = original.evaluate(records)[name]
-    middle = time.perf_counter()
-    after = exported.evaluate(records)[name]
-    ended = time.perf_counter()
-    scale = 100.0 if 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0 else 1.0  # accuracy/F1 as points
-    drop = round((before - after if higher_is_better else after - before) * scale, 4)
-    result = {"metric": name, "records": len(records), "source": before, "exported": after, "drop_points": drop,
-              "max_drop_points": max_drop, "speedup": round((middle - started) / max(ended - middle, 1e-9), 2)}
-    print(f"check on {len(records)} records: {name} {before:.4f} -> {after:.4f} (drop {drop:+.2f} points, "
-          f"allowed {max_drop}); evaluation {result['speedup']}x as fast", file=sys.stderr)
-    if drop > max_drop:
-        raise ExportError(f"the exported model's {name} is {after:.4f} against {before:.4f}: a drop of {drop:.2f} "
-                          f"points, more than max_drop={max_drop}; nothing was written (try without quantization)")
-    return result

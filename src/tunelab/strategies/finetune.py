@@ -21,6 +21,7 @@ from ..errors import DataError, TunelabError
 from ..methods import Target, enable_gradient_checkpointing, parameter_counts
 from ..models import quiet_loading, resolve_model
 from ..registry import METHODS, TASKS
+from ..runtimes import RUNTIMES
 from ..train import LoopInputs, resume_checkpoint, total_optimizer_steps, train_loop
 from .base import FitJob, Fitted, Strategy
 
@@ -103,11 +104,8 @@ class FineTune(Strategy):
         task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])
         processor = task.load_processor(artifact_dir / "tokenizer")
         model_dir = artifact_dir / "model"
-        if manifest["model_format"] == "onnx":  # tunelab export: ONNX Runtime behind the same task code
-            from ..onnx_model import OnnxModel
-
-            export = manifest["export"]
-            return OnnxModel(model_dir / "model.onnx", export["inputs"], export["outputs"]).eval(), processor, task
+        if manifest["model_format"] in RUNTIMES:  # tunelab export: an ONNX engine behind the same task code
+            return RUNTIMES[manifest["model_format"]](artifact_dir, manifest).eval(), processor, task
         if manifest["model_format"] == "full":
             model, _ = task.build_model(model_dir, dropout=None)
         else:  # an adapter on top of its base model

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import TASKS
+from ..runtimes import RUNTIMES
 from .base import FitJob, Fitted, Strategy, is_causal_lm
 
 
@@ -41,11 +42,14 @@ class Prompted(Strategy):
                       lambda staging: None, report={"seconds": round(time.perf_counter() - started, 2)})
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
-        from ..causal_lm import load_causal_lm
+        from ..causal_lm import load_causal_lm, load_tokenizer
 
         prompted = TASKS.get(manifest["task"]["name"]).Prompted
         if prompted is None:
             raise ConfigError(f"{artifact_dir}: task {manifest['task']['name']!r} has no prompted form in this tunelab")
-        # the caller's word on the network, never the manifest's
-        model, tokenizer = load_causal_lm(manifest["base_model"]["name"], allow_network=allow_network)
+        if manifest.get("model_format") in RUNTIMES:  # tunelab export: the engine and the tokenizer it kept
+            model = RUNTIMES[manifest["model_format"]](artifact_dir, manifest)
+            tokenizer = load_tokenizer(artifact_dir / "tokenizer")
+        else:  # the caller's word on the network, never the manifest's
+            model, tokenizer = load_causal_lm(manifest["base_model"]["name"], allow_network=allow_network)
         return model, tokenizer, prompted({**manifest["task"]["state"], "allow_network": allow_network})

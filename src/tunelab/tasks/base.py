@@ -69,8 +69,9 @@ class Task:
     per_token: ClassVar[bool] = False  # outputs are per token (cut to each feature's length)
     Prompted: ClassVar[type[Task] | None] = None  # the task's prompted (zero-/few-shot) form, if any
     default_template: ClassVar[str | None] = None  # the prompt (or instruction) when the config sets none
-    exportable: ClassVar[bool] = True  # ``tunelab export`` can trace its model to ONNX
-    export_note: ClassVar[str] = ""  # why not, when it cannot
+    export_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # what ``tunelab export`` can write for it
+    export_note: ClassVar[str] = ""  # why not, when it has no export format
+    export_metric: ClassVar[tuple[str, bool] | None] = None  # what an export's check compares (default: primary)
 
     def __init__(self, state: dict[str, Any]):
         self.state = state

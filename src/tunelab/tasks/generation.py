@@ -81,8 +81,8 @@ class GenerationTask(Task):
     peft_task_type = "CAUSAL_LM"
     primary_metric = ("loss", False)
     default_template: str | None = None  # the user turn around {text} (dialogue records carry their own turns)
-    exportable = False
-    export_note = "generation runs a decoding loop around the model; its fast engine is a separate export format"
+    export_formats = ("onnx-genai",)  # a decoding loop around the model: the generation engine's format
+    export_metric = ("rougeL", True)  # the loss needs the PyTorch model; the engine is judged on its outputs
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
@@ -341,7 +341,7 @@ class GenerationTask(Task):
                           batch_size: int, device: Any = "cpu", *, full: bool = True) -> dict[str, Any]:
         """Reply-token loss (and perplexity) on all features; ROUGE/BLEU/chrF on generated outputs for
         all features (``full``) or the first ``task.eval_generate`` during training."""
-        from ..causal_lm import generate_ids
+        from ..causal_lm import GenerateOnly, generate_ids
 
         collate = self.collate(processor)
 
@@ -352,10 +352,12 @@ class GenerationTask(Task):
             # the batch's summed loss and units go with its first feature (the others add nothing)
             return [(total, sum(self.loss_units(f) for f in chunk))] + [(0.0, 0)] * (len(chunk) - 1)
 
-        parts = batched(model, features, losses, batch_size=max(1, min(8, batch_size)), length=self.feature_length,
-                        longest_first=False)
-        loss = sum(t for t, _ in parts) / max(sum(u for _, u in parts), 1)
-        metrics: dict[str, Any] = {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))}
+        metrics: dict[str, Any] = {}
+        if not isinstance(model, GenerateOnly):  # an exported engine generates but computes no loss
+            parts = batched(model, features, losses, batch_size=max(1, min(8, batch_size)),
+                            length=self.feature_length, longest_first=False)
+            loss = sum(t for t, _ in parts) / max(sum(u for _, u in parts), 1)
+            metrics.update(loss=loss, perplexity=float(np.exp(min(loss, 50.0))))
         n = len(features) if full else min(len(features), self.state.get("eval_generate", 0))
         if n:
             outputs = generate_ids(model, processor, [f["prompt_ids"] for f in features[:n]], self.generate_config,

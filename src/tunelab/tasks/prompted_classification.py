@@ -49,6 +49,9 @@ class PromptClassifier(Task):
     name = "classification"
     Prediction = LabelPrediction
     strategies = ()
+    export_formats = ()
+    export_note = ("it scores the label words with the model's forward pass, which the generation engine does not "
+                   "expose; fine-tune a classifier (strategy finetune or setfit) to export one")
     default_template = "Classify the text into one of: {labels}.\n\nText: {text}\n\nAnswer with the label only."
 
     def __init__(self, state: dict[str, Any]):

@@ -91,6 +91,7 @@ class PromptExtractor(Task):
     name = "ner"
     Prediction = ExtractedEntities
     strategies = ()
+    export_formats = ("onnx-genai",)  # it only generates
     default_template = ("Extract the named entities of these types from the text: {types}.\n"
                         "Write one entity per line as TYPE: entity text, copied exactly from the text. "
                         "If there are none, write none.\n\nText: {text}")
