@@ -4,7 +4,8 @@
   its weights first) traced with PyTorch's ONNX exporter (``torch.onnx``, the ``torch.export``-based path) with
   dynamic batch and sequence dimensions; ``quantize="int8"`` applies ONNX Runtime's dynamic int8 quantization
   to its linear layers (per-channel weight scales), ``quantize="fp16-weights"`` stores the weights in float16
-  (half the file; ONNX Runtime computes in float32). At prediction ``tunelab.onnx_model.OnnxModel`` stands in for the torch model.
+  (half the file; ONNX Runtime computes in float32). At prediction ``tunelab.onnx_model.OnnxModel`` stands in
+  for the torch model.
 - ``onnx-genai`` (causal LMs: generation tasks, prompted NER): ONNX Runtime GenAI's engine, see
   ``tunelab.export_genai``.
 
@@ -85,11 +86,18 @@ class ExportFormat:
     write: Callable[[Predictor, Path, str | None, Any, float, int], Path]
 
 
+def _onnx(source: Predictor, target: Path, quantize: str | None, check: Any, max_drop: float, opset: int) -> Path:
+    return write_onnx(source, exportable_model(source), target, quantize=quantize, check=check, max_drop=max_drop,
+                      opset=opset)
+
+
+def _onnx_genai(source: Predictor, target: Path, quantize: str | None, check: Any, max_drop: float, opset: int) -> Path:
+    return write_genai(source, target, quantize=quantize, check=check, max_drop=max_drop)  # no opset choice
+
+
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", QUANTIZATIONS, lambda source, target, quantize, check, max_drop, opset: write_onnx(
-        source, exportable_model(source), target, quantize=quantize, check=check, max_drop=max_drop, opset=opset)),
-    "onnx-genai": ExportFormat("onnx-genai", GENAI_QUANTIZATIONS, lambda source, target, quantize, check, max_drop,
-                               opset: write_genai(source, target, quantize=quantize, check=check, max_drop=max_drop)),
+    "onnx": ExportFormat("onnx", QUANTIZATIONS, _onnx),
+    "onnx-genai": ExportFormat("onnx-genai", GENAI_QUANTIZATIONS, _onnx_genai),
 }
 
 
