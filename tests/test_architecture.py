@@ -20,7 +20,7 @@ LAYERS = [
     {"methods", "train"},
     {"predictor"},
     {"strategies"},
-    {"api", "export", "export_check", "export_genai", "compress"},
+    {"api", "export", "export_check", "export_genai", "compress", "serve"},
     {"cli", "demo"},
     {""},  # the package itself: tunelab/__init__.py
 ]

@@ -228,6 +228,50 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``tunelab serve [NAME=]ARTIFACT ... [--config serve.yaml]``, or ``--new-key`` to make an API key."""
+    import re
+
+    import yaml
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+    from .serve import ServeSettings, new_key, serve
+
+    if args.new_key:
+        token, line = new_key([s for s in (args.scopes or "*").split(",") if s])
+        print(f"key (give it to the client; it is not stored anywhere):\n  {token}\n"
+              f"line for the key file (--keys-file):\n  {line}")
+        return 0
+    settings: dict = {}
+    if args.config:
+        try:
+            settings = yaml.safe_load(_existing(args.config, "config").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{args.config}: not valid YAML: {err}") from None
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of serve settings")
+    models = dict(settings.pop("models", {}) or {})
+    for spec in args.models:
+        name, _, path = spec.rpartition("=")
+        if not name:  # the artifact's folder (or its run folder) names it
+            parts = [p for p in Path(path).resolve().parts if p != "artifact"]
+            name = re.sub(r"[^A-Za-z0-9._-]", "-", parts[-1])[:64] if parts else "model"
+        models[name] = path
+    if not models:
+        raise ConfigError("name at least one artifact to serve: tunelab serve runs/sst2 (or NAME=ARTIFACT)")
+    flags = {"host": args.host, "port": args.port, "keys_file": args.keys_file, "max_batch_size": args.max_batch_size,
+             "max_wait_ms": args.max_wait_ms, "rate_per_minute": args.rate_per_minute}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        config = ServeSettings(models=models, **settings)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"serve settings: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    serve(config.models, **config.model_dump(exclude={"models"}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -341,6 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed metric drop in points (default 1)")
     p.add_argument("--output", help="where to write (default: artifact-pruned beside the source)")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("serve", parents=[common], help="serve artifacts over an HTTP API (API keys, micro-batching, "
+                       "metrics); binds to 127.0.0.1 unless told otherwise")
+    p.add_argument("models", nargs="*", help="artifacts to serve, as ARTIFACT or NAME=ARTIFACT")
+    p.add_argument("--config", help="a YAML file of serve settings (models, host, port, limits, keys_file, ...)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; another host needs API keys)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--keys-file", help="file of hashed API keys (make one with --new-key)")
+    p.add_argument("--max-batch-size", type=_positive, help="most inputs per model call (1: no micro-batching)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a request waits to share a batch (default 5)")
+    p.add_argument("--rate-per-minute", type=int, help="requests per minute per key (default unlimited)")
+    p.add_argument("--new-key", action="store_true", help="print a new API key and its key-file line, then exit")
+    p.add_argument("--scopes", help="with --new-key: models the key may use, comma-separated (* = all, admin)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", parents=[common], help="LoRA-tune the packaged MiniLM on the packaged sentiment sample")
     p.add_argument("--output-dir", default="runs/demo")

@@ -1,0 +1,300 @@
+"""The HTTP API: FastAPI routes over loaded Predictors, with keys, limits, micro-batching and metrics.
+
+Routes: ``GET /health`` (alive), ``GET /ready`` (models loaded), ``GET /metrics`` (Prometheus),
+``GET /v1/models`` (name, task, labels, schemas, runtime) and ``POST /v1/models/{name}/predict`` — one route
+per model, whose request and response bodies are that task's own pydantic schemas (so ``/docs`` documents each
+model). Errors are JSON ``{"error": ..., "field": ..., "request_id": ...}``.
+
+Example:
+    >>> app = create_app(ServeSettings(models={"sentiment": "runs/sst2"}))      # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)                          # doctest: +SKIP
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations (the request
+# and per-model body types) as objects.
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from fastapi import Request
+from pydantic import Field, create_model
+
+from ..errors import ConfigError, TunelabError
+from ..predictor import Predictor
+from .keys import Key, KeyStore
+from .microbatch import MicroBatcher
+from .settings import ServeSettings
+
+log = logging.getLogger("tunelab.serve")
+
+
+class ServeError(Exception):
+    """An HTTP error with a JSON body naming what was wrong."""
+
+    def __init__(self, status: int, message: str, field: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests per minute, bursts up to ``rate``."""
+
+    def __init__(self, rate_per_minute: int):
+        self.rate = rate_per_minute
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, who: str) -> float:
+        """0 when the request may go ahead, else the seconds until it may."""
+        if not self.rate:
+            return 0.0
+        now = time.monotonic()
+        tokens, last = self.buckets.get(who, (float(self.rate), now))
+        tokens = min(float(self.rate), tokens + (now - last) * self.rate / 60.0)
+        if tokens < 1.0:
+            self.buckets[who] = (tokens, now)
+            return (1.0 - tokens) * 60.0 / self.rate
+        self.buckets[who] = (tokens - 1.0, now)
+        return 0.0
+
+
+class Served:
+    """One loaded model: its predictor, batcher and request/response schemas."""
+
+    def __init__(self, name: str, predictor: Predictor, settings: ServeSettings, metrics: Any):
+        self.name, self.predictor = name, predictor
+        task = predictor.task
+        item = Union[str, predictor.input_schema]  # a text, or a record with the task's columns
+        self.Request = create_model(f"{name}_request".replace("-", "_").replace(".", "_"),
+                                    inputs=(Union[item, list[item]], Field(..., description="one input or a list")))
+        self.Response = create_model(f"{name}_response".replace("-", "_").replace(".", "_"), model=(str, name),
+                                     predictions=(list[predictor.output_schema], ...))
+        self.batcher = MicroBatcher(self._predict, max_batch_size=settings.max_batch_size,
+                                    max_wait_ms=settings.max_wait_ms,
+                                    observe=lambda size: metrics.batch_size.labels(name).observe(size))
+        manifest = predictor.manifest
+        self.card = {"name": name, "task": task.name, "labels": predictor.labels,
+                     "strategy": manifest.get("strategy"), "model_format": manifest.get("model_format"),
+                     # a local base model is named by its folder: the server's paths stay private
+                     "base_model": Path(str(manifest.get("base_model", {}).get("name", ""))).name or None,
+                     "runtime": (manifest.get("export") or {}).get("runtime", "pytorch"),
+                     "input_schema": predictor.input_schema.model_json_schema(),
+                     "output_schema": predictor.output_schema.model_json_schema()}
+
+    def _predict(self, items: list[Any]) -> list[dict[str, Any]]:
+        return self.predictor.predict(items, on_error="record")
+
+
+class Metrics:
+    """The Prometheus metrics of one app (its own registry)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tunelab_requests", "Requests by model and status", ["model", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("tunelab_request_seconds", "Request latency", ["model"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_size = Histogram("tunelab_batch_size", "Inputs per model call", ["model"], registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.queue = Gauge("tunelab_queue_depth", "Requests waiting for the model", ["model"], registry=self.registry)
+
+
+def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None = None,
+               keys: KeyStore | None = None) -> Any:
+    """The FastAPI app serving ``settings.models`` (or the given ``predictors``).
+
+    Args:
+        settings: names, limits and security settings.
+        predictors: already loaded predictors by name (default: load ``settings.models``).
+        keys: the accepted API keys (default: from ``settings.keys_file`` and ``settings.keys_env``).
+
+    Raises:
+        ConfigError: a non-loopback host without keys, or a model that cannot be loaded.
+    """
+    import os
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    keys = keys if keys is not None else KeyStore.load(settings.keys_file, os.environ.get(settings.keys_env))
+    if not settings.loopback and not keys.enabled:
+        raise ConfigError(f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use "
+                          f"the models; set --keys-file or {settings.keys_env}, or bind to 127.0.0.1")
+    if predictors is None:
+        predictors = {}
+        for name, path in settings.models.items():
+            try:
+                predictors[name] = Predictor.load(path)
+            except TunelabError as err:
+                raise ConfigError(f"model {name!r}: {err}") from None
+    metrics = Metrics()
+    served = {name: Served(name, p, settings, metrics) for name, p in predictors.items()}
+    limiter = RateLimiter(settings.rate_per_minute)
+    state = {"ready": False, "draining": False}
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        state["ready"] = True
+        yield
+        state["draining"] = True  # new requests get 503; the ones in flight finish
+        for model in served.values():
+            model.batcher.close()
+
+    app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    def error(exc: ServeError, request_id: str) -> JSONResponse:
+        body = {"error": exc.message, "request_id": request_id}
+        if exc.field:
+            body["field"] = exc.field
+        return JSONResponse(body, status_code=exc.status, headers={**exc.headers, "X-Request-ID": request_id})
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        request_id = uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        if state["draining"]:
+            return error(ServeError(503, "the server is shutting down"), request_id)
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
+            return error(ServeError(413, f"the request body is larger than {settings.max_body_bytes} bytes",
+                                    "body"), request_id)
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return error(exc, request.state.request_id)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(ServeError(exc.status_code, str(exc.detail)), request.state.request_id)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        return error(ServeError(422, f"{where}: {first.get('msg')}", where), request.state.request_id)
+
+    def authorize(request: Request, model: str | None = None, admin: bool = False) -> Key | None:
+        if not keys.enabled:
+            return None
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        key = keys.check(token)
+        if key is None:
+            raise ServeError(401, "missing or unknown API key (send 'Authorization: Bearer <key>')",
+                             headers={"WWW-Authenticate": "Bearer"})
+        if (model is not None and not key.allows(model)) or (admin and not key.admin):
+            raise ServeError(403, f"this key may not use {model if model else 'admin endpoints'}")
+        wait = limiter.take(key.id)
+        if wait:
+            raise ServeError(429, "rate limit reached for this key", headers={"Retry-After": str(int(wait) + 1)})
+        return key
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Alive."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Any:
+        """Ready when every model is loaded."""
+        if not state["ready"]:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ready", "models": sorted(served)}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        """Prometheus metrics (a valid key is needed when keys are configured)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        authorize(request)
+        for name, model in served.items():
+            metrics.queue.labels(name).set(model.batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        """The models this key may use: name, task, labels, input/output schema and runtime."""
+        key = authorize(request)
+        return {"models": [m.card for name, m in sorted(served.items()) if key is None or key.allows(name)]}
+
+    for model in served.values():
+        _add_predict_route(app, model, settings, authorize, metrics)
+
+    @app.post("/v1/models/{name}/predict", include_in_schema=False)
+    async def unknown_model(name: str, request: Request) -> None:
+        authorize(request)
+        raise ServeError(404, f"no model named {name[:80]!r} is served here", "name")
+
+    app.state.served, app.state.settings = served, settings
+    return app
+
+
+def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
+    """``POST /v1/models/<name>/predict`` with the task's schemas."""
+    Body, Reply = model.Request, model.Response
+
+    async def predict(body: Body, request: Request) -> Any:  # type: ignore[valid-type]
+        started = time.perf_counter()
+        status = "500"
+        try:
+            authorize(request, model.name)
+            items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+            if not items:
+                raise ServeError(422, "inputs: give at least one input", "inputs")
+            if len(items) > settings.max_inputs:
+                raise ServeError(413, f"inputs: {len(items)} inputs, more than the limit of {settings.max_inputs}", "inputs")
+            task = model.predictor.task
+            rows = [task.input_row(item) if isinstance(item, str) else item.model_dump() for item in items]
+            for at, row in enumerate(rows):
+                if any(isinstance(v, str) and len(v) > settings.max_chars for v in row.values()):
+                    raise ServeError(413, f"inputs[{at}]: longer than {settings.max_chars} characters", f"inputs[{at}]")
+            if settings.log_inputs:
+                log.info("model %s inputs %s", model.name, json.dumps(rows)[:2000])
+            try:
+                results = await asyncio.wait_for(model.batcher.submit(rows), settings.timeout_s)
+            except asyncio.TimeoutError:
+                raise ServeError(504, f"the model did not answer within {settings.timeout_s} s") from None
+            except Exception as err:  # the model raised: the request fails, the server keeps serving
+                log.error("model %s failed (request %s): %s", model.name, request.state.request_id, type(err).__name__)
+                raise ServeError(500, f"the model failed on this request ({type(err).__name__}); request id "
+                                      f"{request.state.request_id}") from None
+            for at, result in enumerate(results):
+                if "error" in result:
+                    raise ServeError(422, f"inputs[{at}]: {result['error']}", f"inputs[{at}]")
+            status = "200"
+            return {"model": model.name, "predictions": results}
+        except ServeError as err:
+            status = str(err.status)
+            raise
+        finally:
+            metrics.requests.labels(model.name, status).inc()
+            metrics.latency.labels(model.name).observe(time.perf_counter() - started)
+
+    predict.__doc__ = f"Predict with {model.name!r} ({model.predictor.task.name})."
+    app.post(f"/v1/models/{model.name}/predict", response_model=Reply, name=f"predict_{model.name}",
+             tags=[model.name])(predict)
+
+
+def _version() -> str:
+    from ..version import __version__
+
+    return __version__
+
+
+__all__ = ["RateLimiter", "ServeError", "create_app"]

@@ -1,0 +1,153 @@
+"""``tunelab serve``: the API over a tiny classifier — schemas, micro-batching, keys and scopes, limits, errors,
+metrics, and the refusal to listen publicly without keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+import tunelab
+from tunelab.cli import main
+from tunelab.serve import KeyStore, ServeSettings, new_key
+
+from conftest import sentiment_rows, tiny_config
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'tunelab[serve]'")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tunelab.serve.app import create_app  # noqa: E402
+from tunelab.serve.microbatch import MicroBatcher  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "run"
+    return tunelab.fit(tiny_config(tiny_bert, out, epochs=1), train=sentiment_rows(32)).artifact_dir
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[KeyStore, dict[str, str]]:
+    tokens, lines = {}, []
+    for role, scopes in (("all", ["*"]), ("other", ["other-model"]), ("admin", ["*", "admin"])):
+        tokens[role], line = new_key(scopes)
+        lines.append(line)
+    return KeyStore.parse(lines), tokens
+
+
+def client(classifier: Path, keys: KeyStore | None = None, **settings) -> TestClient:
+    predictor = tunelab.Predictor.load(classifier)
+    app = create_app(ServeSettings(**settings), {"sentiment": predictor}, keys or KeyStore([]))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_predict_models_schema_and_health(classifier: Path) -> None:
+    with client(classifier) as api:
+        assert api.get("/health").json() == {"status": "ok"}
+        assert api.get("/ready").json() == {"status": "ready", "models": ["sentiment"]}
+        card = api.get("/v1/models").json()["models"][0]
+        assert card["name"] == "sentiment" and card["task"] == "classification" and sorted(card["labels"]) == ["neg", "pos"]
+        assert card["runtime"] == "pytorch" and "text" in card["input_schema"]["properties"]
+        one = api.post("/v1/models/sentiment/predict", json={"inputs": "the film was great"})
+        assert one.status_code == 200 and one.headers["x-request-id"]
+        direct = tunelab.Predictor.load(classifier).predict(["the film was great", "a dull meal"])
+        many = api.post("/v1/models/sentiment/predict", json={"inputs": ["the film was great", {"text": "a dull meal"}]})
+        assert [p["label"] for p in many.json()["predictions"]] == [p["label"] for p in direct]
+        assert many.json()["predictions"][0]["scores"] == pytest.approx(direct[0]["scores"], abs=1e-5)
+        spec = api.get("/openapi.json").json()
+        assert "/v1/models/sentiment/predict" in spec["paths"]  # each model documents its own schemas
+        text = api.get("/metrics").text
+        assert 'tunelab_requests_total{model="sentiment",status="200"} 2.0' in text and "tunelab_batch_size" in text
+
+
+def test_bad_requests_get_json_errors_naming_the_field(classifier: Path) -> None:
+    with client(classifier, max_inputs=3, max_chars=50, max_body_bytes=2000) as api:
+        url = "/v1/models/sentiment/predict"
+        cases = [
+            (api.post(url, json={"inputs": ["a"] * 4}), 413, "inputs"),
+            (api.post(url, json={"inputs": ["ok", "x" * 51]}), 413, "inputs[1]"),
+            (api.post(url, content=json.dumps({"inputs": "y" * 3000}), headers={"content-type": "application/json"}),
+             413, "body"),
+            (api.post(url, content="{not json", headers={"content-type": "application/json"}), 422, None),
+            (api.post(url, json={"texts": ["a"]}), 422, "inputs"),
+            (api.post(url, json={"inputs": [""]}), 422, "inputs[0]"),
+            (api.post("/v1/models/nope/predict", json={"inputs": "a"}), 404, "name"),
+            (api.post("/v1/models/..%2F..%2Fetc/predict", json={"inputs": "a"}), 404, None),
+        ]
+        for response, status, field in cases:
+            body = response.json()
+            assert response.status_code == status, body
+            assert "error" in body and "Traceback" not in body["error"]
+            if field:
+                assert body.get("field") == field, body
+        assert api.post(url, json={"inputs": "still serving"}).status_code == 200
+
+
+def test_keys_scopes_and_rate_limits(classifier: Path, keys) -> None:
+    store, tokens = keys
+    with client(classifier, store, rate_per_minute=3) as api:
+        url = "/v1/models/sentiment/predict"
+        assert api.post(url, json={"inputs": "a"}).status_code == 401
+        assert api.post(url, json={"inputs": "a"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert api.get("/v1/models").status_code == 401 and api.get("/metrics").status_code == 401
+        assert api.get("/health").status_code == 200  # liveness needs no key
+        other = {"Authorization": f"Bearer {tokens['other']}"}
+        assert api.post(url, json={"inputs": "a"}, headers=other).status_code == 403
+        assert api.get("/v1/models", headers=other).json()["models"] == []  # it sees only its scope
+        good = {"Authorization": f"Bearer {tokens['all']}"}
+        assert [api.post(url, json={"inputs": "a"}, headers=good).status_code for _ in range(3)] == [200, 200, 200]
+        limited = api.post(url, json={"inputs": "a"}, headers=good)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        admin = {"Authorization": f"Bearer {tokens['admin']}"}
+        assert api.post(url, json={"inputs": "a"}, headers=admin).status_code == 200  # its own bucket
+
+
+def test_a_failing_model_gives_500_with_a_request_id_and_the_server_keeps_serving(classifier: Path) -> None:
+    with client(classifier) as api:
+        served = api.app.state.served["sentiment"]
+        original = served.predictor.predict
+        served.predictor.predict = lambda *a, **k: 1 / 0
+        broken = api.post("/v1/models/sentiment/predict", json={"inputs": "a"})
+        assert broken.status_code == 500 and broken.json()["request_id"] in broken.json()["error"]
+        served.predictor.predict = original
+        assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}).status_code == 200
+
+
+def test_micro_batching_groups_concurrent_requests() -> None:
+    calls: list[int] = []
+
+    def run(items: list[str]) -> list[int]:
+        calls.append(len(items))
+        return [len(i) for i in items]
+
+    async def scenario() -> list[list[int]]:
+        batcher = MicroBatcher(run, max_batch_size=8, max_wait_ms=50)
+        try:
+            return await asyncio.gather(*(batcher.submit(["x" * n, "y"]) for n in range(1, 6)))
+        finally:
+            batcher.close()
+
+    results = asyncio.run(scenario())
+    assert results == [[n, 1] for n in range(1, 6)]  # each request gets its own slice, in order
+    assert sum(calls) == 10 and len(calls) == 2 and max(calls) <= 8  # 4 requests share a call, the 5th leads the next
+
+
+def test_no_public_server_without_keys_and_key_files_are_checked(classifier: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(tunelab.ConfigError, match="refusing to serve on 0.0.0.0 without API keys"):
+        create_app(ServeSettings(host="0.0.0.0"), {}, KeyStore([]))
+    assert ServeSettings().host == "127.0.0.1" and ServeSettings(host="::1").loopback
+    with pytest.raises(ValueError, match="no '/'"):
+        ServeSettings(models={"../etc": classifier})
+    bad = tmp_path / "keys.txt"
+    bad.write_text("sha256:1234 sentiment\n")
+    with pytest.raises(tunelab.ConfigError, match="keys.txt line 1: the sha256 digest must be 64 hex"):
+        KeyStore.load(bad, None)
+    assert main(["serve", "--new-key", "--scopes", "sentiment"]) == 0
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    token, line = printed[1], printed[3]
+    assert KeyStore.parse([line]).check(token).allows("sentiment")
+    assert KeyStore.load(None, f"{token}, other").check("other") is not None
+    assert main(["serve", str(classifier), "--host", "0.0.0.0"]) == 2
+    assert "without API keys" in capsys.readouterr().err
