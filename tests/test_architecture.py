@@ -21,7 +21,7 @@ LAYERS = [
     {"predictor"},
     {"strategies"},
     {"api", "export", "export_check", "export_genai", "compress", "serve"},
-    {"cli", "demo"},
+    {"cli", "demo", "__main__"},
     {""},  # the package itself: tunelab/__init__.py
 ]
 

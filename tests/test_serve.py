@@ -151,3 +151,75 @@ def test_no_public_server_without_keys_and_key_files_are_checked(classifier: Pat
     assert KeyStore.load(None, f"{token}, other").check("other") is not None
     assert main(["serve", str(classifier), "--host", "0.0.0.0"]) == 2
     assert "without API keys" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generation_streams_and_speaks_openai(tiny_llama: Path, tmp_path: Path) -> None:
+    artifact = tunelab.fit({"task": "summarization", "model": str(tiny_llama), "strategy": "zero_shot",
+                            "output_dir": str(tmp_path / "zs"), "generate": {"max_new_tokens": 12},
+                            "prompt": {"template": "{text}"}}).artifact_dir
+    predictor = tunelab.Predictor.load(artifact)
+    expected = predictor.predict("the cat ate the rice and the dog ate the corn")["text"]
+    app = create_app(ServeSettings(), {"writer": predictor}, KeyStore([]))
+    with TestClient(app, raise_server_exceptions=False) as api:
+        text = "the cat ate the rice and the dog ate the corn"
+        whole = api.post("/v1/models/writer/generate", json={"input": text})
+        assert whole.status_code == 200 and whole.json()["text"] == expected
+        with api.stream("POST", "/v1/models/writer/generate", json={"input": text, "stream": True}) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            data = [line[6:] for line in events.iter_lines() if line.startswith("data: ")]
+        assert data[-1] == "[DONE]" and len(data) > 2  # several pieces, then the end
+        assert "".join(json.loads(d)["text"] for d in data[:-1]).strip() == expected
+        chat = api.post("/v1/chat/completions", json={"model": "writer", "messages": [{"role": "user", "content": text}]})
+        body = chat.json()
+        assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == expected
+        with api.stream("POST", "/v1/chat/completions", json={"model": "writer", "stream": True,
+                                                              "messages": [{"role": "user", "content": text}]}) as events:
+            chunks = [line[6:] for line in events.iter_lines() if line.startswith("data: ")]
+        deltas = [json.loads(c)["choices"][0]["delta"].get("content", "") for c in chunks[:-1]]
+        assert chunks[-1] == "[DONE]" and "".join(deltas).strip() == expected
+        assert json.loads(chunks[-2])["choices"][0]["finish_reason"] == "stop"
+        assert api.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "a"}]}
+                        ).status_code == 404
+        assert api.post("/v1/models/writer/generate", json={"input": ""}).status_code == 422
+        assert "tunelab_generated_pieces_total" in api.get("/metrics").text
+
+
+@pytest.mark.slow
+def test_the_command_serves_on_loopback_and_stops_cleanly(classifier: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token, line = new_key(["sentiment"])
+    (tmp_path / "keys.txt").write_text(line + "\n")
+    server = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", f"sentiment={classifier}", "--port", str(port),
+                               "--keys-file", str(tmp_path / "keys.txt")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        headers = {"Authorization": f"Bearer {token}"}
+        reply = httpx.post(f"{url}/v1/models/sentiment/predict", json={"inputs": ["the film was great"] * 3},
+                           headers=headers, timeout=30)
+        assert reply.status_code == 200 and len(reply.json()["predictions"]) == 3
+        assert httpx.post(f"{url}/v1/models/sentiment/predict", json={"inputs": "a"}, timeout=30).status_code == 401
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    # uvicorn finishes, then re-raises the signal it caught (exit by SIGTERM, the convention for a stopped server)
+    assert server.returncode in (0, -15) and "Application shutdown complete" in output, output
+    assert "127.0.0.1" in output and "the film was great" not in output  # no request text in the log

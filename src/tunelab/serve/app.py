@@ -19,10 +19,10 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, AsyncIterator, Optional, Union
 
 from fastapi import Request
-from pydantic import Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..errors import ConfigError, TunelabError
 from ..predictor import Predictor
@@ -102,6 +102,8 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.batch_size = Histogram("tunelab_batch_size", "Inputs per model call", ["model"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.tokens = Counter("tunelab_generated_pieces", "Pieces of generated text streamed", ["model"],
+                              registry=self.registry)
         self.queue = Gauge("tunelab_queue_depth", "Requests waiting for the model", ["model"], registry=self.registry)
 
 
@@ -235,6 +237,9 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
 
     for model in served.values():
         _add_predict_route(app, model, settings, authorize, metrics)
+        if model.predictor.task.streams:
+            _add_generate_route(app, model, settings, authorize, metrics)
+    _add_chat_route(app, served, settings, authorize, metrics)
 
     @app.post("/v1/models/{name}/predict", include_in_schema=False)
     async def unknown_model(name: str, request: Request) -> None:
@@ -289,6 +294,150 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
     predict.__doc__ = f"Predict with {model.name!r} ({model.predictor.task.name})."
     app.post(f"/v1/models/{model.name}/predict", response_model=Reply, name=f"predict_{model.name}",
              tags=[model.name])(predict)
+
+
+class GenerateRequest(BaseModel):
+    """``POST /v1/models/<name>/generate``: one input; ``stream`` sends Server-Sent Events as text is made."""
+
+    input: Union[str, dict[str, Any]]
+    stream: bool = False
+
+
+class ChatMessage(BaseModel):
+    """One turn of an OpenAI-style conversation."""
+
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI ``/v1/chat/completions`` request fields tunelab reads (others are accepted and ignored;
+    decoding follows the artifact's ``generate`` settings)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = False
+
+
+async def _pieces(model: Served, record: dict[str, Any]) -> AsyncIterator[str]:
+    """The model's output for ``record`` as it is produced, generated in the model's own worker thread (so it
+    never overlaps a batch of the same model)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            for piece in model.predictor.stream([record]):
+                loop.call_soon_threadsafe(queue.put_nowait, piece)
+        except Exception as err:  # handed to the event loop, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, err)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    loop.run_in_executor(model.batcher.executor, work)
+    while (item := await queue.get()) is not done:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def _sse(data: Any) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSettings) -> dict[str, Any]:
+    """A request's input as the task's record, within the character limit."""
+    row = model.predictor.task.input_row(value) if isinstance(value, str) else dict(value)
+    if any(isinstance(v, str) and len(v) > settings.max_chars for v in row.values()):
+        raise ServeError(413, f"input: longer than {settings.max_chars} characters", "input")
+    return row
+
+
+async def _generate_once(model: Served, record: dict[str, Any], settings: ServeSettings, request_id: str) -> str:
+    try:
+        result = (await asyncio.wait_for(model.batcher.submit([record]), settings.timeout_s))[0]
+    except asyncio.TimeoutError:
+        raise ServeError(504, f"the model did not answer within {settings.timeout_s} s") from None
+    except Exception as err:
+        log.error("model %s failed (request %s): %s", model.name, request_id, type(err).__name__)
+        raise ServeError(500, f"the model failed on this request ({type(err).__name__}); request id {request_id}") from None
+    if "error" in result:
+        raise ServeError(422, f"input: {result['error']}", "input")
+    return result["text"]
+
+
+def _add_generate_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
+    """``POST /v1/models/<name>/generate``: the whole text, or Server-Sent Events ``{"text": piece}`` then
+    ``[DONE]``."""
+    from fastapi.responses import StreamingResponse
+
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        authorize(request, model.name)
+        record = _record(model, body.input, settings)
+        if not body.stream:
+            text = await _generate_once(model, record, settings, request.state.request_id)
+            metrics.requests.labels(model.name, "200").inc()
+            return {"model": model.name, "text": text}
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for piece in _pieces(model, record):
+                    metrics.tokens.labels(model.name).inc()
+                    yield _sse({"text": piece})
+            except Exception as err:  # the headers are sent: the error is the last event
+                yield f"event: error\n{_sse({'error': type(err).__name__, 'request_id': request.state.request_id})}"
+            yield _sse("[DONE]")
+            metrics.requests.labels(model.name, "200").inc()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    generate.__doc__ = f"Generate with {model.name!r}; ``stream: true`` sends Server-Sent Events."
+    app.post(f"/v1/models/{model.name}/generate", name=f"generate_{model.name}", tags=[model.name])(generate)
+
+
+def _add_chat_route(app: Any, served: dict[str, Served], settings: ServeSettings, authorize: Any,
+                    metrics: Metrics) -> None:
+    """OpenAI-compatible ``POST /v1/chat/completions`` for the generation models: a dialogue model reads the
+    whole conversation, the others the last user message."""
+    from fastapi.responses import StreamingResponse
+
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        model = served.get(body.model)
+        authorize(request, body.model)
+        if model is None or not model.predictor.task.streams:
+            raise ServeError(404, f"no generation model named {body.model[:80]!r} is served here", "model")
+        turns = [m.model_dump() for m in body.messages]
+        task = model.predictor.task
+        if task.name == "dialogue":
+            record = {task.input_columns()[0]: turns}
+        else:
+            users = [t["content"] for t in turns if t["role"] == "user"]
+            if not users:
+                raise ServeError(422, "messages: no user message", "messages")
+            record = _record(model, users[-1], settings)
+        ident, created = f"chatcmpl-{request.state.request_id}", int(time.time())
+        head = {"id": ident, "created": created, "model": body.model}
+        if not body.stream:
+            text = await _generate_once(model, record, settings, request.state.request_id)
+            metrics.requests.labels(model.name, "200").inc()
+            return {**head, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+        async def events() -> AsyncIterator[str]:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+            async for piece in _pieces(model, record):
+                metrics.tokens.labels(model.name).inc()
+                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            yield _sse("[DONE]")
+            metrics.requests.labels(model.name, "200").inc()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app.post("/v1/chat/completions", name="chat_completions", tags=["openai"])(chat)
 
 
 def _version() -> str:

@@ -69,6 +69,7 @@ class Task:
     per_token: ClassVar[bool] = False  # outputs are per token (cut to each feature's length)
     Prompted: ClassVar[type[Task] | None] = None  # the task's prompted (zero-/few-shot) form, if any
     default_template: ClassVar[str | None] = None  # the prompt (or instruction) when the config sets none
+    streams: ClassVar[bool] = False  # predictions come out piece by piece (``stream``): generation
     export_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # what ``tunelab export`` can write for it
     export_note: ClassVar[str] = ""  # why not, when it has no export format
     export_metric: ClassVar[tuple[str, bool] | None] = None  # what an export's check compares (default: primary)

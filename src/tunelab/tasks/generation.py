@@ -81,6 +81,7 @@ class GenerationTask(Task):
     peft_task_type = "CAUSAL_LM"
     primary_metric = ("loss", False)
     default_template: str | None = None  # the user turn around {text} (dialogue records carry their own turns)
+    streams = True
     export_formats = ("onnx-genai",)  # a decoding loop around the model: the generation engine's format
     export_metric = ("rougeL", True)  # the loss needs the PyTorch model; the engine is judged on its outputs
 
