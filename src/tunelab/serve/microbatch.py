@@ -1,7 +1,8 @@
 """Dynamic micro-batching: concurrent requests to one model share a model call.
 
 Each request puts its inputs on the model's queue and awaits its own results; one worker per model takes the
-first waiting request, adds whatever else arrives within ``max_wait_ms`` (up to ``max_batch_size`` inputs),
+first waiting request, adds whatever else arrives within ``max_wait_ms`` (up to ``max_batch_size`` inputs; no
+wait when it is the only request in flight),
 runs the model once in a worker thread (the event loop never computes) and hands each request its slice.
 
 Example:
@@ -36,6 +37,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-model")
         self.worker: asyncio.Task | None = None
         self.carry: tuple[list[Any], asyncio.Future] | None = None  # a request too big to join the last batch
+        self.inflight = 0  # submitted requests not answered yet
 
     @property
     def depth(self) -> int:
@@ -47,8 +49,12 @@ class MicroBatcher:
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._work())
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self.queue.put((items, future))
-        return await future
+        self.inflight += 1
+        try:
+            await self.queue.put((items, future))
+            return await future
+        finally:
+            self.inflight -= 1
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -56,7 +62,8 @@ class MicroBatcher:
             group = [self.carry or await self.queue.get()]
             self.carry = None
             size = len(group[0][0])
-            deadline = time.monotonic() + self.max_wait
+            # waiting only pays when others are coming: alone, a request runs at once (no added latency)
+            deadline = time.monotonic() + (self.max_wait if self.inflight > 1 else 0.0)
             while size < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
