@@ -183,6 +183,15 @@ def test_generation_streams_and_speaks_openai(tiny_llama: Path, tmp_path: Path) 
                         ).status_code == 404
         assert api.post("/v1/models/writer/generate", json={"input": ""}).status_code == 422
         assert "tunelab_generated_pieces_total" in api.get("/metrics").text
+        # the OpenAI client itself, over the same app
+        from openai import OpenAI
+
+        client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+        reply = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": text}])
+        assert reply.choices[0].message.content == expected
+        pieces = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": text}],
+                                                stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces).strip() == expected
 
 
 @pytest.mark.slow
