@@ -70,6 +70,8 @@ def test_bad_requests_get_json_errors_naming_the_field(classifier: Path) -> None
             (api.post(url, json={"inputs": ["ok", "x" * 51]}), 413, "inputs[1]"),
             (api.post(url, content=json.dumps({"inputs": "y" * 3000}), headers={"content-type": "application/json"}),
              413, "body"),
+            (api.post(url, content=iter([b'{"inputs": "', b"z" * 2500, b'"}']),
+                      headers={"content-type": "application/json"}), 413, None),  # chunked, no Content-Length
             (api.post(url, content="{not json", headers={"content-type": "application/json"}), 422, None),
             (api.post(url, json={"texts": ["a"]}), 422, "inputs"),
             (api.post(url, json={"inputs": [""]}), 422, "inputs[0]"),

@@ -41,6 +41,31 @@ class ServeError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
+class BodyLimit:
+    """ASGI middleware: a request body that grows past ``limit`` bytes while it is read ends in 413 (the
+    ``Content-Length`` check catches declared sizes before; this catches chunked bodies)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                from starlette.exceptions import HTTPException
+
+                raise HTTPException(413, f"body: the request body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 class RateLimiter:
     """A token bucket per key: ``rate`` requests per minute, bursts up to ``rate``."""
 
@@ -151,6 +176,7 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
             model.batcher.close()
 
     app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # bodies without a Content-Length too
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -170,9 +196,9 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         if state["draining"]:
             return error(ServeError(503, "the server is shutting down"), request_id)
         size = request.headers.get("content-length")
+        too_big = ServeError(413, f"the request body is larger than {settings.max_body_bytes} bytes", "body")
         if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            return error(ServeError(413, f"the request body is larger than {settings.max_body_bytes} bytes",
-                                    "body"), request_id)
+            return error(too_big, request_id)
         response = await call_next(request)
         response.headers["X-Request-ID"] = request_id
         return response
