@@ -234,3 +234,26 @@ def test_the_command_serves_on_loopback_and_stops_cleanly(classifier: Path, tmp_
     # uvicorn finishes, then re-raises the signal it caught (exit by SIGTERM, the convention for a stopped server)
     assert server.returncode in (0, -15) and "Application shutdown complete" in output, output
     assert "127.0.0.1" in output and "the film was great" not in output  # no request text in the log
+
+
+def test_admin_loads_and_unloads_models_at_run_time(classifier: Path, keys) -> None:
+    store, tokens = keys
+    with client(classifier, store) as api:
+        admin = {"Authorization": f"Bearer {tokens['admin']}"}
+        user = {"Authorization": f"Bearer {tokens['all']}"}
+        body = {"name": "second", "artifact": str(classifier)}
+        assert api.post("/v1/admin/models", json=body, headers=user).status_code == 403
+        assert api.post("/v1/admin/models", json={**body, "name": "../x"}, headers=admin).status_code == 422
+        assert api.post("/v1/admin/models", json={**body, "artifact": "/no/such"}, headers=admin).status_code == 422
+        loaded = api.post("/v1/admin/models", json=body, headers=admin)
+        assert loaded.status_code == 201 and loaded.json() == {"loaded": "second", "task": "classification"}
+        assert api.post("/v1/admin/models", json=body, headers=admin).status_code == 409
+        assert api.post("/v1/models/second/predict", json={"inputs": "a"}, headers=user).status_code == 200
+        assert "/v1/models/second/predict" in api.get("/openapi.json").json()["paths"]
+        assert api.delete("/v1/admin/models/second", headers=admin).json() == {"unloaded": "second"}
+        gone = api.post("/v1/models/second/predict", json={"inputs": "a"}, headers=user)
+        assert gone.status_code == 404 and gone.json()["field"] == "name"
+        assert api.delete("/v1/admin/models/second", headers=admin).status_code == 404
+        assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}, headers=user).status_code == 200
+    with client(classifier) as open_api:  # no keys: no admin at all
+        assert open_api.post("/v1/admin/models", json={"name": "x", "artifact": str(classifier)}).status_code == 403

@@ -28,7 +28,7 @@ from ..errors import ConfigError, TunelabError
 from ..predictor import Predictor
 from .keys import Key, KeyStore
 from .microbatch import MicroBatcher
-from .settings import ServeSettings
+from .settings import NAME, ServeSettings
 
 log = logging.getLogger("tunelab.serve")
 
@@ -261,16 +261,55 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         key = authorize(request)
         return {"models": [m.card for name, m in sorted(served.items()) if key is None or key.allows(name)]}
 
-    for model in served.values():
+    def add_routes(model: Served) -> None:
         _add_predict_route(app, model, settings, authorize, metrics)
         if model.predictor.task.streams:
             _add_generate_route(app, model, settings, authorize, metrics)
+        # the catch-all for unknown names must stay after every model's own routes
+        app.router.routes.sort(key=lambda route: getattr(route, "name", "") == "unknown_model")
+        app.openapi_schema = None  # /docs shows the models served now
+
+    for model in served.values():
+        add_routes(model)
     _add_chat_route(app, served, settings, authorize, metrics)
 
     @app.post("/v1/models/{name}/predict", include_in_schema=False)
     async def unknown_model(name: str, request: Request) -> None:
         authorize(request)
         raise ServeError(404, f"no model named {name[:80]!r} is served here", "name")
+
+    def admin(request: Request) -> None:
+        if not keys.enabled:
+            raise ServeError(403, "admin endpoints need API keys with the admin scope (--keys-file)")
+        authorize(request, admin=True)
+
+    @app.post("/v1/admin/models", status_code=201, tags=["admin"])
+    async def load_model(body: LoadRequest, request: Request) -> dict[str, Any]:
+        """Load an artifact under a new name (admin scope)."""
+        admin(request)
+        if body.name in served:
+            raise ServeError(409, f"a model named {body.name!r} is already served; unload it first", "name")
+        try:
+            predictor = await asyncio.get_running_loop().run_in_executor(None, Predictor.load, body.artifact)
+        except TunelabError as err:
+            raise ServeError(422, f"artifact: {err}", "artifact") from None
+        served[body.name] = Served(body.name, predictor, settings, metrics)
+        add_routes(served[body.name])
+        return {"loaded": body.name, "task": predictor.task.name}
+
+    @app.delete("/v1/admin/models/{name}", tags=["admin"])
+    async def unload_model(name: str, request: Request) -> dict[str, Any]:
+        """Stop serving a model (admin scope): a batch already running finishes, queued requests fail."""
+        admin(request)
+        model = served.pop(name, None)
+        if model is None:
+            raise ServeError(404, f"no model named {name[:80]!r} is served here", "name")
+        prefix = f"/v1/models/{name}/"
+        app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(prefix)]
+        app.openapi_schema = None
+        model.batcher.stop()
+        await asyncio.get_running_loop().run_in_executor(None, model.batcher.executor.shutdown)
+        return {"unloaded": name}
 
     app.state.served, app.state.settings = served, settings
     return app
@@ -320,6 +359,13 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
     predict.__doc__ = f"Predict with {model.name!r} ({model.predictor.task.name})."
     app.post(f"/v1/models/{model.name}/predict", response_model=Reply, name=f"predict_{model.name}",
              tags=[model.name])(predict)
+
+
+class LoadRequest(BaseModel):
+    """``POST /v1/admin/models``: serve the artifact at ``artifact`` under ``name``."""
+
+    name: str = Field(..., pattern=NAME.pattern)
+    artifact: str
 
 
 class GenerateRequest(BaseModel):

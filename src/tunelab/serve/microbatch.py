@@ -93,8 +93,19 @@ class MicroBatcher:
                     fut.set_result(results[at: at + len(items)])
                 at += len(items)
 
-    def close(self) -> None:
-        """Stop the worker (in-flight model calls finish in their thread)."""
+    def stop(self) -> None:
+        """Stop taking work (call on the event loop): the worker ends, waiting requests fail; a model call already
+        running finishes in its thread."""
         if self.worker is not None:
             self.worker.cancel()
+        waiting = [self.carry] if self.carry else []
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(RuntimeError("the model was unloaded"))
+
+    def close(self) -> None:
+        """``stop``, then wait for a running model call to finish."""
+        self.stop()
         self.executor.shutdown(wait=True)
