@@ -257,3 +257,22 @@ def test_admin_loads_and_unloads_models_at_run_time(classifier: Path, keys) -> N
         assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}, headers=user).status_code == 200
     with client(classifier) as open_api:  # no keys: no admin at all
         assert open_api.post("/v1/admin/models", json={"name": "x", "artifact": str(classifier)}).status_code == 403
+
+
+def test_a_slow_model_times_out_with_504_and_the_next_request_is_served(classifier: Path) -> None:
+    import time
+
+    with client(classifier, timeout_s=0.2) as api:
+        served = api.app.state.served["sentiment"]
+        original = served.predictor.predict
+
+        def slow(*args, **kwargs):
+            time.sleep(0.6)
+            return original(*args, **kwargs)
+
+        served.predictor.predict = slow
+        late = api.post("/v1/models/sentiment/predict", json={"inputs": "a"})
+        assert late.status_code == 504 and "0.2 s" in late.json()["error"]
+        served.predictor.predict = original
+        time.sleep(0.5)  # the slow call finishes in its thread; the batcher is free again
+        assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}).status_code == 200
