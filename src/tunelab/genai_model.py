@@ -28,10 +28,9 @@ from .causal_lm import GenerateOnly
 from .errors import ArtifactError, ConfigError
 
 INSTALL = "pip install 'tunelab[onnx]'"
-# transformers ``generate`` arguments and the ONNX Runtime GenAI search option each one becomes
-SEARCH_OPTIONS = {"do_sample": "do_sample", "num_beams": "num_beams", "temperature": "temperature",
-                  "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repetition_penalty",
-                  "no_repeat_ngram_size": "no_repeat_ngram_size", "min_new_tokens": None, "early_stopping": None}
+# transformers ``generate`` arguments ONNX Runtime GenAI takes under the same name, and those handled here
+SEARCH_OPTIONS = {"do_sample", "num_beams", "temperature", "top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size"}
+HANDLED = {"min_new_tokens", "early_stopping"}
 
 
 def onnxruntime_genai() -> Any:
@@ -92,7 +91,7 @@ class GenAIModel(GenerateOnly):
         Returns:
             [batch, length + new] token ids: the input followed by the new tokens (padded with ``pad_token_id``).
         """
-        unknown = sorted(set(search) - set(SEARCH_OPTIONS))
+        unknown = sorted(set(search) - SEARCH_OPTIONS - HANDLED)
         if unknown:
             raise ConfigError(f"the onnx-genai engine does not support generation settings {unknown}")
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
@@ -126,9 +125,7 @@ class GenAIModel(GenerateOnly):
         for row, prompt in enumerate(prompts):
             grid[row, : len(prompt)] = prompt
         options: dict[str, Any] = {"max_length": min(longest + max_new, limit), "batch_size": len(prompts)}
-        for name, value in search.items():
-            if value is not None and SEARCH_OPTIONS[name]:
-                options[SEARCH_OPTIONS[name]] = value
+        options.update({name: value for name, value in search.items() if value is not None and name in SEARCH_OPTIONS})
         if search.get("min_new_tokens"):
             options["min_length"] = longest + int(search["min_new_tokens"])
         if options.get("do_sample"):

@@ -336,17 +336,7 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
                     raise ServeError(413, f"inputs[{at}]: longer than {settings.max_chars} characters", f"inputs[{at}]")
             if settings.log_inputs:
                 log.info("model %s inputs %s", model.name, json.dumps(rows)[:2000])
-            try:
-                results = await asyncio.wait_for(model.batcher.submit(rows), settings.timeout_s)
-            except asyncio.TimeoutError:
-                raise ServeError(504, f"the model did not answer within {settings.timeout_s} s") from None
-            except Exception as err:  # the model raised: the request fails, the server keeps serving
-                log.error("model %s failed (request %s): %s", model.name, request.state.request_id, type(err).__name__)
-                raise ServeError(500, f"the model failed on this request ({type(err).__name__}); request id "
-                                      f"{request.state.request_id}") from None
-            for at, result in enumerate(results):
-                if "error" in result:
-                    raise ServeError(422, f"inputs[{at}]: {result['error']}", f"inputs[{at}]")
+            results = await _run(model, rows, settings, request.state.request_id, "inputs[{}]")
             status = "200"
             return {"model": model.name, "predictions": results}
         except ServeError as err:
@@ -427,17 +417,27 @@ def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSet
     return row
 
 
-async def _generate_once(model: Served, record: dict[str, Any], settings: ServeSettings, request_id: str) -> str:
+async def _run(model: Served, rows: list[dict[str, Any]], settings: ServeSettings, request_id: str,
+               field: str) -> list[dict[str, Any]]:
+    """The model's predictions for ``rows`` through its batcher, with the timeout; a model failure is a 500
+    naming the request (the server keeps serving), an input it cannot predict a 422 naming ``field.format(i)``."""
     try:
-        result = (await asyncio.wait_for(model.batcher.submit([record]), settings.timeout_s))[0]
+        results = await asyncio.wait_for(model.batcher.submit(rows), settings.timeout_s)
     except asyncio.TimeoutError:
         raise ServeError(504, f"the model did not answer within {settings.timeout_s} s") from None
-    except Exception as err:
+    except Exception as err:  # the model raised: the request fails, the server keeps serving
         log.error("model %s failed (request %s): %s", model.name, request_id, type(err).__name__)
-        raise ServeError(500, f"the model failed on this request ({type(err).__name__}); request id {request_id}") from None
-    if "error" in result:
-        raise ServeError(422, f"input: {result['error']}", "input")
-    return result["text"]
+        raise ServeError(500, f"the model failed on this request ({type(err).__name__}); request id "
+                              f"{request_id}") from None
+    for at, result in enumerate(results):
+        if "error" in result:
+            where = field.format(at)
+            raise ServeError(422, f"{where}: {result['error']}", where)
+    return results
+
+
+async def _generate_once(model: Served, record: dict[str, Any], settings: ServeSettings, request_id: str) -> str:
+    return (await _run(model, [record], settings, request_id, "input"))[0]["text"]
 
 
 def _add_generate_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
