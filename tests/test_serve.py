@@ -276,3 +276,17 @@ def test_a_slow_model_times_out_with_504_and_the_next_request_is_served(classifi
         served.predictor.predict = original
         time.sleep(0.5)  # the slow call finishes in its thread; the batcher is free again
         assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}).status_code == 200
+
+
+def test_serve_settings_mistakes_are_named(tmp_path: Path, capsys) -> None:
+    assert main(["serve", "m=/no/such/artifact"]) == 2
+    assert "model 'm'" in capsys.readouterr().err
+    config = tmp_path / "serve.yaml"
+    config.write_text("models: {}\nmax_batch: 8\n")
+    assert main(["serve", "x=/no/such", "--config", str(config)]) == 2
+    assert "serve settings: max_batch: Extra inputs are not permitted" in capsys.readouterr().err
+    config.write_text("models: [unclosed\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "name at least one artifact" in capsys.readouterr().err
