@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo lint test bench clean
+.PHONY: install demo lint browser test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,17 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
+# The page's browser tests drive Debian's Chromium: installed here when absent (apt needs root or sudo);
+# if it cannot be, those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || (command -v sudo >/dev/null && echo "sudo -n") ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  ( $$SUDO apt-get install -y -qq chromium || ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium) ) \
+	    >/dev/null 2>&1 || echo "could not install Chromium (apt-get install -y chromium): the browser tests will skip"; }
+
 # The whole suite (slow tests included); `pytest -m "not slow"` is the sub-minute inner loop.
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -25,6 +32,24 @@ def sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
         label = "pos" if i % 2 == 0 else "neg"
         adjective = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
         rows.append({"text": f"the {rng.choice(NOUNS)} was {adjective}", "label": label})
+    return rows
+
+
+NAMES = ["Alice", "Bob", "Carol", "Dmitri", "Erin", "Farid"]
+CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Quito", "Hanoi"]
+
+
+def toy_sentences(n: int, seed: int = 0) -> list[dict]:
+    """A learnable toy NER task: a name and a city in one of two sentence shapes."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, city = rng.choice(NAMES), rng.choice(CITIES)
+        if rng.random() < 0.5:
+            tokens, tags = [name, "lives", "in", city, "."], ["B-PER", "O", "O", "B-LOC", "O"]
+        else:
+            tokens, tags = ["in", city, "we", "met", name, "Smith"], ["O", "B-LOC", "O", "O", "B-PER", "I-PER"]
+        rows.append({"tokens": tokens, "tags": tags})
     return rows
 
 
@@ -83,3 +108,34 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@contextmanager
+def live_server(args: list[str], wait_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``tunelab serve ARGS`` in a subprocess on a free loopback port: yields (base url, process) once
+    ``/ready`` answers, and stops it with SIGTERM afterwards (the output stays readable on the process)."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *args, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start:\n{server.communicate(timeout=10)[0]}")
+            time.sleep(0.3)
+        yield url, server
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        server.output = server.communicate(timeout=60)[0]

@@ -13,7 +13,7 @@ import tunelab
 from tunelab.cli import main
 from tunelab.serve import KeyStore, ServeSettings, new_key
 
-from conftest import sentiment_rows, tiny_config
+from conftest import live_server, sentiment_rows, tiny_config
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'tunelab[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -158,10 +158,11 @@ def test_no_public_server_without_keys_and_key_files_are_checked(classifier: Pat
 @pytest.mark.slow
 def test_generation_streams_and_speaks_openai(tiny_llama: Path, tmp_path: Path) -> None:
     artifact = tunelab.fit({"task": "summarization", "model": str(tiny_llama), "strategy": "zero_shot",
-                            "output_dir": str(tmp_path / "zs"), "generate": {"max_new_tokens": 12},
+                            "output_dir": str(tmp_path / "zs"), "generate": {"max_new_tokens": 12, "strategy": "sample", "temperature": 1.0, "top_p": 1.0, "seed": 7},
                             "prompt": {"template": "{text}"}}).artifact_dir
     predictor = tunelab.Predictor.load(artifact)
     expected = predictor.predict("the cat ate the rice and the dog ate the corn")["text"]
+    assert expected.strip()  # seeded sampling: a random tiny model's greedy choice is only newlines
     app = create_app(ServeSettings(), {"writer": predictor}, KeyStore([]))
     with TestClient(app, raise_server_exceptions=False) as api:
         text = "the cat ate the rice and the dog ate the corn"
@@ -198,42 +199,19 @@ def test_generation_streams_and_speaks_openai(tiny_llama: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_the_command_serves_on_loopback_and_stops_cleanly(classifier: Path, tmp_path: Path) -> None:
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     token, line = new_key(["sentiment"])
     (tmp_path / "keys.txt").write_text(line + "\n")
-    server = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", f"sentiment={classifier}", "--port", str(port),
-                               "--keys-file", str(tmp_path / "keys.txt")], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with live_server([f"sentiment={classifier}", "--keys-file", str(tmp_path / "keys.txt")]) as (url, server):
         headers = {"Authorization": f"Bearer {token}"}
         reply = httpx.post(f"{url}/v1/models/sentiment/predict", json={"inputs": ["the film was great"] * 3},
                            headers=headers, timeout=30)
         assert reply.status_code == 200 and len(reply.json()["predictions"]) == 3
         assert httpx.post(f"{url}/v1/models/sentiment/predict", json={"inputs": "a"}, timeout=30).status_code == 401
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=60)[0]
     # uvicorn finishes, then re-raises the signal it caught (exit by SIGTERM, the convention for a stopped server)
-    assert server.returncode in (0, -15) and "Application shutdown complete" in output, output
-    assert "127.0.0.1" in output and "the film was great" not in output  # no request text in the log
+    assert server.returncode in (0, -15) and "Application shutdown complete" in server.output, server.output
+    assert "127.0.0.1" in server.output and "the film was great" not in server.output  # no request text in the log
 
 
 def test_admin_loads_and_unloads_models_at_run_time(classifier: Path, keys) -> None:

@@ -1,7 +1,6 @@
 """NER: tag schemes, readers, alignment, long inputs, metrics, spans, errors — on a tiny random BERT."""
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,7 @@ from tunelab.data import read_records
 from tunelab.tags import TagError, detect_scheme, spans, to_bio
 from tunelab.tasks import NerTask
 
-from conftest import tiny_config
-
-NAMES = ["Alice", "Bob", "Carol", "Dmitri", "Erin", "Farid"]
-CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Quito", "Hanoi"]
-
-
-def toy_sentences(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        name, city = rng.choice(NAMES), rng.choice(CITIES)
-        if rng.random() < 0.5:
-            tokens, tags = [name, "lives", "in", city, "."], ["B-PER", "O", "O", "B-LOC", "O"]
-        else:
-            tokens, tags = ["in", city, "we", "met", name, "Smith"], ["O", "B-LOC", "O", "O", "B-PER", "I-PER"]
-        rows.append({"tokens": tokens, "tags": tags})
-    return rows
+from conftest import tiny_config, toy_sentences
 
 
 # ---- tag schemes -------------------------------------------------------------------------------

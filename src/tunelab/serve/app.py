@@ -107,8 +107,22 @@ class Served:
                      # a local base model is named by its folder: the server's paths stay private
                      "base_model": Path(str(manifest.get("base_model", {}).get("name", ""))).name or None,
                      "runtime": (manifest.get("export") or {}).get("runtime", "pytorch"),
+                     "streams": bool(task.streams),
                      "input_schema": predictor.input_schema.model_json_schema(),
                      "output_schema": predictor.output_schema.model_json_schema()}
+        # the artifact's plots by name: a request can only pick one of these, never name a path
+        self.plots = {Path(f).name: Path(f) for f in manifest.get("sha256", {})
+                      if f.startswith("plots/") and f.endswith(".png")} if predictor.path else {}
+
+    def model_card(self) -> dict[str, Any]:
+        """What the page's model card shows: the listing plus method, metrics, parameters and plot names."""
+        manifest = self.predictor.manifest
+        scalars = {split: {k: v for k, v in values.items() if isinstance(v, (int, float))}
+                   for split, values in (manifest.get("metrics") or {}).items() if isinstance(values, dict)}
+        return {**{k: v for k, v in self.card.items() if not k.endswith("_schema")},
+                "method": (manifest.get("method") or {}).get("name"), "metrics": scalars,
+                "parameters": (manifest.get("parameters") or {}).get("total"), "created": manifest.get("created"),
+                "plots": sorted(self.plots)}
 
     def _predict(self, items: list[Any]) -> list[dict[str, Any]]:
         return self.predictor.predict(items, on_error="record")
@@ -261,6 +275,29 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         key = authorize(request)
         return {"models": [m.card for name, m in sorted(served.items()) if key is None or key.allows(name)]}
 
+    def model_named(request: Request, name: str) -> Served:
+        authorize(request, name)
+        model = served.get(name)
+        if model is None:
+            raise ServeError(404, f"no model named {name[:80]!r} is served here", "name")
+        return model
+
+    @app.get("/v1/models/{name}/card")
+    async def model_card(name: str, request: Request) -> dict[str, Any]:
+        """The model card: task, base model, method, runtime, metrics, parameters and the names of its plots."""
+        return model_named(request, name).model_card()
+
+    @app.get("/v1/models/{name}/plots/{plot}", response_class=Response)
+    async def model_plot(name: str, plot: str, request: Request) -> Response:
+        """One of the model card's plots (PNG), by a name from the card."""
+        model = model_named(request, name)
+        if plot not in model.plots:
+            raise ServeError(404, f"model {name!r} has no plot named {plot[:80]!r}", "plot")
+        return Response((model.predictor.path / model.plots[plot]).read_bytes(), media_type="image/png")
+
+    if settings.ui:
+        _add_page_routes(app)
+
     def add_routes(model: Served) -> None:
         _add_predict_route(app, model, settings, authorize, metrics)
         if model.predictor.task.streams:
@@ -313,6 +350,36 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
 
     app.state.served, app.state.settings = served, settings
     return app
+
+
+# The page's files: a request picks one of these names, nothing else is read.
+PAGE_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+              "style.css": "text/css; charset=utf-8"}
+# The page loads nothing from elsewhere and cannot be framed; plots arrive as blob: URLs (fetched with the key).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; script-src 'self'; "
+                                           "style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+def _add_page_routes(app: Any) -> None:
+    """``GET /``: the web page (plain HTML, CSS and JS from the package), and ``GET /ui/<file>``."""
+    from importlib.resources import files
+
+    from fastapi.responses import Response
+
+    def page_file(name: str) -> Response:
+        if name not in PAGE_FILES:
+            raise ServeError(404, f"no page file named {name[:80]!r}", "file")
+        body = files("tunelab.serve").joinpath("static", name).read_bytes()
+        return Response(body, media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return page_file("index.html")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def page_asset(name: str) -> Response:
+        return page_file(name)
 
 
 def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:

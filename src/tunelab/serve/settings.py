@@ -34,6 +34,7 @@ class ServeSettings(BaseModel):
         rate_per_minute: requests per minute per key (0: unlimited).
         cors_origins: origins allowed to call the API from a browser (none by default).
         log_inputs: write request texts to the log (off by default).
+        ui: serve the web page at ``/`` (its API calls need a key like any other client's).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +53,7 @@ class ServeSettings(BaseModel):
     rate_per_minute: int = Field(0, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
     log_inputs: bool = False
+    ui: bool = True
 
     @field_validator("models")
     @classmethod
