@@ -17,12 +17,14 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from pydantic import BaseModel
 
+from .adapters import ActiveAdapter, BasePool
 from .artifact import find_artifact, read_manifest
 from .data import Records, read_records
 from .errors import ArtifactError, ConfigError, DataError
@@ -68,18 +70,21 @@ class Predictor:
         task: the ``tunelab.Task`` that encodes inputs and decodes outputs.
         manifest: the artifact's manifest (``{}`` for a model not saved yet).
         path: the artifact directory, when loaded from one.
+        adapter: its adapter on a base model shared with other Predictors (``Predictor.load(..., pool=)``).
     """
 
     def __init__(self, model: torch.nn.Module, processor: Any, task: Any, manifest: dict[str, Any],
-                 path: Path | None = None):
+                 path: Path | None = None, adapter: ActiveAdapter | None = None):
         self.model = model.eval()
         self.processor = processor
         self.task = task
         self.manifest = manifest
         self.path = path
+        self.adapter = adapter
 
     @classmethod
-    def load(cls, path: str | Path, *, allow_network: bool = False, threads: int | None = None) -> Predictor:
+    def load(cls, path: str | Path, *, allow_network: bool = False, threads: int | None = None,
+             pool: BasePool | None = None) -> Predictor:
         """Load from an artifact directory (or a run directory containing ``artifact/``).
 
         Every file is checked against the sha256 its manifest recorded; nothing in an artifact can run code
@@ -89,6 +94,8 @@ class Predictor:
             path: the artifact directory, or a run directory that holds ``artifact/``.
             allow_network: let a base model named by a hub id download (off by default).
             threads: torch CPU threads for prediction (default: torch's, all cores).
+            pool: share base models between adapter (LoRA) artifacts loaded through the same pool: one copy
+                of the base in memory, each Predictor's adapter switched on for its own predictions.
 
         Example:
             >>> Predictor.load("runs/demo", threads=1).predict("fine")     # doctest: +SKIP
@@ -97,15 +104,19 @@ class Predictor:
             torch.set_num_threads(int(threads))
         artifact_dir = find_artifact(path)
         manifest = read_manifest(artifact_dir)
+        adapter = None
         try:
-            strategy = STRATEGIES.get(str(manifest.get("strategy", "finetune")))
-            model, processor, task = strategy.load(artifact_dir, manifest, allow_network)
+            if pool is not None and pool.accepts(manifest):
+                model, processor, task, adapter = pool.load(artifact_dir, manifest, allow_network)
+            else:
+                strategy = STRATEGIES.get(str(manifest.get("strategy", "finetune")))
+                model, processor, task = strategy.load(artifact_dir, manifest, allow_network)
         except ConfigError as err:
             raise ArtifactError(f"{artifact_dir}: {err}") from None
         except (KeyError, TypeError, AttributeError) as err:
             raise ArtifactError(f"{artifact_dir}/manifest.json is not a valid tunelab manifest: field {err} is "
                                 "missing or has the wrong type") from None
-        return cls(model, processor, task, manifest, artifact_dir)
+        return cls(model, processor, task, manifest, artifact_dir, adapter)
 
     @property
     def labels(self) -> list[str]:
@@ -158,11 +169,19 @@ class Predictor:
     def _predict(self, records: Records, batch_size: int) -> list[dict[str, Any]]:
         if not len(records):
             return []
-        return self.task.predict_records(self.model, self.processor, records, batch_size)
+        with self.using() as model:
+            return self.task.predict_records(model, self.processor, records, batch_size)
+
+    def using(self) -> Any:
+        """A context in which ``self.model`` predicts as this artifact: on a shared base, its adapter is
+        switched on and the base is kept to this Predictor until the context ends."""
+        return self.adapter.use() if self.adapter is not None else nullcontext(self.model)
 
     def stream(self, text: Any) -> Iterator[str]:
         """Generation tasks: yield the output for one input piece by piece as it is produced."""
-        return self.task.stream(self.model, self.processor, self.as_records(text))
+        records = self.as_records(text)
+        with self.using() as model:
+            yield from self.task.stream(model, self.processor, records)
 
     def evaluate(self, data: Any, batch_size: int = 128) -> dict[str, Any]:
         """The task's metrics on labelled records (same columns as training).
@@ -171,4 +190,5 @@ class Predictor:
             data: a file, DataFrame, datasets.Dataset or list of dicts.
             batch_size: inputs run through the model together.
         """
-        return self.task.evaluate_records(self.model, self.processor, read_records(data), batch_size)
+        with self.using() as model:
+            return self.task.evaluate_records(model, self.processor, read_records(data), batch_size)

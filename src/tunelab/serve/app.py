@@ -13,6 +13,7 @@ Example:
 # No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations (the request
 # and per-model body types) as objects.
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from typing import Any, AsyncIterator, Optional, Union
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from ..adapters import BasePool
 from ..errors import ConfigError, TunelabError
 from ..predictor import Predictor
 from .keys import Key, KeyStore
@@ -108,6 +110,7 @@ class Served:
                      "base_model": Path(str(manifest.get("base_model", {}).get("name", ""))).name or None,
                      "runtime": (manifest.get("export") or {}).get("runtime", "pytorch"),
                      "streams": bool(task.streams),
+                     "shares_base": predictor.adapter is not None,
                      "input_schema": predictor.input_schema.model_json_schema(),
                      "output_schema": predictor.output_schema.model_json_schema()}
         # the artifact's plots by name: a request can only pick one of these, never name a path
@@ -169,11 +172,12 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
     if not settings.loopback and not keys.enabled:
         raise ConfigError(f"refusing to serve on {settings.host} without API keys: anyone who can reach it could use "
                           f"the models; set --keys-file or {settings.keys_env}, or bind to 127.0.0.1")
+    pool = BasePool() if settings.share_bases else None  # LoRA artifacts on one base share its weights
     if predictors is None:
         predictors = {}
         for name, path in settings.models.items():
             try:
-                predictors[name] = Predictor.load(path)
+                predictors[name] = Predictor.load(path, pool=pool)
             except TunelabError as err:
                 raise ConfigError(f"model {name!r}: {err}") from None
     metrics = Metrics()
@@ -327,7 +331,8 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         if body.name in served:
             raise ServeError(409, f"a model named {body.name!r} is already served; unload it first", "name")
         try:
-            predictor = await asyncio.get_running_loop().run_in_executor(None, Predictor.load, body.artifact)
+            predictor = await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(Predictor.load, body.artifact, pool=pool))
         except TunelabError as err:
             raise ServeError(422, f"artifact: {err}", "artifact") from None
         served[body.name] = Served(body.name, predictor, settings, metrics)
@@ -346,6 +351,8 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         app.openapi_schema = None
         model.batcher.stop()
         await asyncio.get_running_loop().run_in_executor(None, model.batcher.executor.shutdown)
+        if pool is not None and model.predictor.adapter is not None:
+            pool.release(model.predictor.adapter)  # the shared base stays while other adapters use it
         return {"unloaded": name}
 
     app.state.served, app.state.settings = served, settings

@@ -34,6 +34,8 @@ class ServeSettings(BaseModel):
         rate_per_minute: requests per minute per key (0: unlimited).
         cors_origins: origins allowed to call the API from a browser (none by default).
         log_inputs: write request texts to the log (off by default).
+        share_bases: LoRA (peft) artifacts on the same base model share one copy of it in memory, each
+            request running with its own model's adapter switched on.
         ui: serve the web page at ``/`` (its API calls need a key like any other client's).
     """
 
@@ -53,6 +55,7 @@ class ServeSettings(BaseModel):
     rate_per_minute: int = Field(0, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
     log_inputs: bool = False
+    share_bases: bool = True
     ui: bool = True
 
     @field_validator("models")

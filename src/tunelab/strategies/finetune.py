@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..adapters import base_for
 from ..artifact import write_json
 from ..checkpoint import training_fingerprint
 from ..config import Config
 from ..data import Records, split_validation
 from ..errors import DataError, TunelabError
 from ..methods import Target, enable_gradient_checkpointing, parameter_counts
-from ..models import quiet_loading, resolve_model
+from ..models import quiet_loading
 from ..registry import METHODS, TASKS
 from ..runtimes import RUNTIMES
 from ..train import LoopInputs, resume_checkpoint, total_optimizer_steps, train_loop
@@ -111,11 +112,9 @@ class FineTune(Strategy):
         else:  # an adapter on top of its base model
             import peft
 
-            # the caller's word on the network, never the manifest's
-            base, _ = task.build_model(resolve_model(manifest["base_model"]["name"], allow_network=allow_network).path,
-                                       dropout=None)
             with quiet_loading():
-                model = peft.PeftModel.from_pretrained(base, model_dir, trust_remote_code=False)
+                model = peft.PeftModel.from_pretrained(base_for(task, manifest, allow_network), model_dir,
+                                                       trust_remote_code=False)
         return model.eval(), processor, task
 
 
