@@ -7,9 +7,12 @@ called per request in FastAPI's thread pool. Each runs in its own process; the c
 httpx, asyncio) run in this one, on the same 2 cores — so every figure includes the clients' own CPU use.
 Generation: ``tunelab serve`` on SmolLM2 (zero-shot summarization exported with ``--format onnx-genai``),
 time to the first streamed event for a short prompt and pieces/s with 1 and 8 concurrent streams.
+Adapters: five LoRA classifiers on MiniLM (each trained here on its own 400-sentence slice of SST-2 train),
+served together; the server's resident memory (RSS, after one request to each model) against serving one of
+them, with the base shared (the default) and with ``--no-shared-bases``.
 
 Run:  .venv/bin/python bench/serve_load.py [--artifact /tmp/tunelab-bench-inference/sst2/artifact]
-      (the artifact bench/inference.py trains; --requests N per client count)
+      (the artifact bench/inference.py trains; --requests N per client count; --sections load,generation,adapters)
 Writes bench/results/serve.json.
 """
 
@@ -55,6 +58,9 @@ def ready():
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 '''
+
+
+ALL = {"load", "generation", "adapters"}
 
 
 def free_port() -> int:
@@ -134,6 +140,52 @@ async def streams(url: str, prompt: str, concurrent: int) -> dict:
             "pieces_per_s": round(sum(r[1] for r in results) / seconds, 1), "streams": concurrent}
 
 
+def server_rss_mb(command: list[str], port: int, names: list[str]) -> float:
+    """The resident memory of a ``tunelab serve`` process once each of ``names`` has answered a request."""
+    import httpx
+    import psutil
+
+    server = start(command, port)
+    try:
+        for name in names:
+            reply = httpx.post(f"http://127.0.0.1:{port}/v1/models/{name}/predict", json={"inputs": ["a fine film"]},
+                               timeout=120)
+            reply.raise_for_status()
+        time.sleep(1.0)
+        return round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def adapters(args: argparse.Namespace, tunelab_cli: str) -> dict:
+    """Memory of five LoRA artifacts on one MiniLM base, served together, against one of them alone."""
+    import tunelab
+    from tunelab.data import read_records
+
+    train = read_records(args.data_dir / "sst2" / "train.tsv", format="tsv").rows
+    paths = []
+    for i in range(5):
+        out = args.work / f"lora{i}"
+        if not (out / "artifact" / "manifest.json").is_file():
+            tunelab.fit({"model": "minilm", "strategy": "finetune", "task": "classification", "output_dir": str(out),
+                         "method": {"name": "lora", "r": 8}, "data": {"text_column": "sentence", "max_length": 64},
+                         "train": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-4, "seed": i}},
+                        train=train[400 * i: 400 * (i + 1)])
+        paths.append(out / "artifact")
+    specs = [f"m{i}={p}" for i, p in enumerate(paths)]
+    names = [f"m{i}" for i in range(5)]
+    port = free_port()
+    one = server_rss_mb([tunelab_cli, "serve", specs[0], "--port", str(port)], port, names[:1])
+    port = free_port()
+    shared = server_rss_mb([tunelab_cli, "serve", *specs, "--port", str(port)], port, names)
+    port = free_port()
+    separate = server_rss_mb([tunelab_cli, "serve", *specs, "--no-shared-bases", "--port", str(port)], port, names)
+    return {"model": "MiniLM-L6 + LoRA r=8 classifiers", "rss_mb_one": one, "rss_mb_five_shared": shared,
+            "rss_mb_five_separate": separate, "ratio_shared": round(shared / one, 3),
+            "ratio_separate": round(separate / one, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--artifact", type=Path, default=Path("/tmp/tunelab-bench-inference/sst2/artifact"))
@@ -141,17 +193,35 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="requests per client count")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench-serve"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    parser.add_argument("--sections", default="load,generation,adapters",
+                        help="what to measure (a subset writes its figures into the existing results file)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= ALL:
+        sys.exit(f"--sections: choose from {sorted(ALL)}")
     if not (args.artifact / "manifest.json").is_file():
         sys.exit(f"{args.artifact} is not an artifact: run bench/inference.py first (it trains the SST-2 model), "
                  "or pass --artifact")
-    import tunelab
+    tunelab_cli = str(Path(sys.executable).with_name("tunelab"))
+    report: dict = json.loads(args.out.read_text()) if sections != ALL and args.out.is_file() else {}
+    report.update({"command": "python bench/serve_load.py " + " ".join(sys.argv[1:]), "artifact": str(args.artifact),
+                   "machine": {"cores": os.cpu_count()}, "note": "clients and server share the machine's 2 cores"})
+    if "load" in sections:
+        load_test(args, report, tunelab_cli)
+    if "generation" in sections:
+        generation(args, report, tunelab_cli)
+    if "adapters" in sections:
+        report["adapters"] = adapters(args, tunelab_cli)
+        report["adapters5_memory_ratio"] = report["adapters"]["ratio_shared"]
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+def load_test(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:
+    """Single-sentence requests from 1, 8 and 32 clients against the three servers."""
     from tunelab.data import read_records
 
     texts = [r["sentence"] for r in read_records(args.data_dir / "sst2" / "dev.tsv", format="tsv").rows]
-    tunelab_cli = str(Path(sys.executable).with_name("tunelab"))
-    report: dict = {"command": "python bench/serve_load.py " + " ".join(sys.argv[1:]), "artifact": str(args.artifact),
-                    "machine": {"cores": os.cpu_count()}, "note": "clients and server share the machine's 2 cores"}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "pipeline_server.py").write_text(PIPELINE_SERVER)
         tunelab_server = [tunelab_cli, "serve", f"m={args.artifact}"]
@@ -184,7 +254,11 @@ def main() -> None:
         row["vs_pipeline_server"] = round(row["tunelab_rps"] / row["pipeline_server_rps"], 2)
     report["p50_ms_idle"] = report["clients_1"]["tunelab"]["p50_ms"]
 
-    # generation: SmolLM2 through the onnx-genai engine, streamed
+
+def generation(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:
+    """SmolLM2 through the onnx-genai engine, streamed: time to first token, pieces/s with 1 and 8 streams."""
+    import tunelab
+
     source = tunelab.fit({"model": "smollm2", "strategy": "zero_shot", "task": "summarization",
                           "generate": {"max_new_tokens": 64}, "output_dir": str(args.work / "smollm2")}).artifact_dir
     engine = tunelab.export(source, args.work / "smollm2-onnx-genai", format="onnx-genai")
@@ -200,9 +274,6 @@ def main() -> None:
     report["ttft_ms"] = single["ttft_ms"]
     report["generation"] = {"model": "SmolLM2-135M-Instruct, onnx-genai int8", "streams_1": single,
                             "streams_8": eight}
-    report["adapters5_memory_ratio"] = None  # shared-base LoRA serving is not built yet
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

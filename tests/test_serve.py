@@ -195,6 +195,22 @@ def test_generation_streams_and_speaks_openai(tiny_llama: Path, tmp_path: Path) 
         pieces = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": text}],
                                                 stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in pieces).strip() == expected
+        # per-request decoding, OpenAI's names: max_tokens, temperature (0: greedy), seed; batched requests keep
+        # the artifact's settings
+        with predictor.decoding(max_new_tokens=3):
+            short = predictor.predict(text)["text"]
+        with predictor.decoding(strategy="greedy"):
+            greedy = predictor.predict(text)["text"]
+        assert short != expected and greedy != expected
+        reply = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": text}], max_tokens=3)
+        assert reply.choices[0].message.content == short
+        streamed = client.chat.completions.create(model="writer", messages=[{"role": "user", "content": text}],
+                                                  max_tokens=3, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed).strip() == short.strip()
+        assert api.post("/v1/models/writer/generate", json={"input": text, "temperature": 0}).json()["text"] == greedy
+        bad = api.post("/v1/models/writer/generate", json={"input": text, "max_tokens": 0})
+        assert bad.status_code == 422 and bad.json()["field"] == "max_tokens"
+        assert api.post("/v1/models/writer/generate", json={"input": text}).json()["text"] == expected  # unchanged
 
 
 @pytest.mark.slow

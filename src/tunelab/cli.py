@@ -261,7 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not models:
         raise ConfigError("name at least one artifact to serve: tunelab serve runs/sst2 (or NAME=ARTIFACT)")
     flags = {"host": args.host, "port": args.port, "keys_file": args.keys_file, "max_batch_size": args.max_batch_size,
-             "max_wait_ms": args.max_wait_ms, "rate_per_minute": args.rate_per_minute}
+             "max_wait_ms": args.max_wait_ms, "rate_per_minute": args.rate_per_minute,
+             "share_bases": False if args.no_shared_bases else None, "ui": False if args.no_ui else None}
     settings.update({k: v for k, v in flags.items() if v is not None})
     try:
         config = ServeSettings(models=models, **settings)
@@ -396,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=_positive, help="most inputs per model call (1: no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, help="how long a request waits to share a batch (default 5)")
     p.add_argument("--rate-per-minute", type=int, help="requests per minute per key (default unlimited)")
+    p.add_argument("--no-shared-bases", action="store_true",
+                   help="load every LoRA artifact with its own copy of the base model (default: they share it)")
+    p.add_argument("--no-ui", action="store_true", help="do not serve the web page at /")
     p.add_argument("--new-key", action="store_true", help="print a new API key and its key-file line, then exit")
     p.add_argument("--scopes", help="with --new-key: models the key may use, comma-separated (* = all, admin)")
     p.set_defaults(func=cmd_serve)

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -176,6 +176,39 @@ class Predictor:
         """A context in which ``self.model`` predicts as this artifact: on a shared base, its adapter is
         switched on and the base is kept to this Predictor until the context ends."""
         return self.adapter.use() if self.adapter is not None else nullcontext(self.model)
+
+    @contextmanager
+    def decoding(self, **changes: Any) -> Iterator[Predictor]:
+        """Generation tasks: decode with these ``generate`` settings changed until the block ends (e.g. one
+        request's ``max_new_tokens``). Not for concurrent use: the server runs it in the model's own thread.
+
+        Args:
+            changes: ``GenerateConfig`` fields: ``max_new_tokens``, ``strategy``, ``temperature``, ``top_p``,
+                ``stop``, ``seed``, ...
+
+        Raises:
+            ConfigError: the model does not generate text, or a setting is invalid (named).
+
+        Example:
+            >>> with predictor.decoding(max_new_tokens=16):              # doctest: +SKIP
+            ...     predictor.predict("a long report ...")
+        """
+        from pydantic import ValidationError
+
+        from .config import GenerateConfig
+
+        if not self.task.streams:
+            raise ConfigError(f"a {self.task.name} model's decoding cannot be changed per call")
+        before = self.task.generate_config
+        try:
+            self.task.generate_config = GenerateConfig(**{**before.model_dump(), **changes})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        try:
+            yield self
+        finally:
+            self.task.generate_config = before
 
     def stream(self, text: Any) -> Iterator[str]:
         """Generation tasks: yield the output for one input piece by piece as it is produced."""

@@ -432,8 +432,36 @@ class LoadRequest(BaseModel):
     artifact: str
 
 
-class GenerateRequest(BaseModel):
-    """``POST /v1/models/<name>/generate``: one input; ``stream`` sends Server-Sent Events as text is made."""
+class Decoding(BaseModel):
+    """Per-request decoding, OpenAI's names: unset fields keep the artifact's ``generate`` settings."""
+
+    max_tokens: Optional[int] = Field(None, ge=1, le=4096, description="most new tokens")
+    temperature: Optional[float] = Field(None, ge=0, le=2, description="0: greedy; above: sampling")
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    stop: Optional[Union[str, list[str]]] = Field(None, description="stop strings (cut from the output)")
+    seed: Optional[int] = None
+
+    def changes(self) -> dict[str, Any]:
+        """The ``GenerateConfig`` fields this request changes."""
+        out: dict[str, Any] = {}
+        if self.max_tokens is not None:
+            out["max_new_tokens"] = self.max_tokens
+        if self.temperature == 0:
+            out["strategy"] = "greedy"
+        elif self.temperature is not None:
+            out.update(strategy="sample", temperature=self.temperature)
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        if self.stop is not None:
+            out["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+class GenerateRequest(Decoding):
+    """``POST /v1/models/<name>/generate``: one input; ``stream`` sends Server-Sent Events as text is made;
+    ``max_tokens``, ``temperature``, ``top_p``, ``stop`` and ``seed`` change this request's decoding."""
 
     input: Union[str, dict[str, Any]]
     stream: bool = False
@@ -446,27 +474,36 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatRequest(BaseModel):
-    """The OpenAI ``/v1/chat/completions`` request fields tunelab reads (others are accepted and ignored;
-    decoding follows the artifact's ``generate`` settings)."""
+class ChatRequest(Decoding):
+    """The OpenAI ``/v1/chat/completions`` request fields tunelab reads: ``model``, ``messages``, ``stream``
+    and decoding (``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``);
+    others are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(..., min_length=1)
     stream: bool = False
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=4096)
+
+    def changes(self) -> dict[str, Any]:
+        out = super().changes()
+        if self.max_completion_tokens is not None:
+            out["max_new_tokens"] = self.max_completion_tokens
+        return out
 
 
-async def _pieces(model: Served, record: dict[str, Any]) -> AsyncIterator[str]:
+async def _pieces(model: Served, record: dict[str, Any], changes: dict[str, Any]) -> AsyncIterator[str]:
     """The model's output for ``record`` as it is produced, generated in the model's own worker thread (so it
-    never overlaps a batch of the same model)."""
+    never overlaps a batch of the same model), decoded with ``changes`` to its settings."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
     def work() -> None:
         try:
-            for piece in model.predictor.stream([record]):
-                loop.call_soon_threadsafe(queue.put_nowait, piece)
+            with model.predictor.decoding(**changes):
+                for piece in model.predictor.stream([record]):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
         except Exception as err:  # handed to the event loop, raised there
             loop.call_soon_threadsafe(queue.put_nowait, err)
         finally:
@@ -492,11 +529,12 @@ def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSet
 
 
 async def _run(model: Served, rows: list[dict[str, Any]], settings: ServeSettings, request_id: str,
-               field: str) -> list[dict[str, Any]]:
-    """The model's predictions for ``rows`` through its batcher, with the timeout; a model failure is a 500
-    naming the request (the server keeps serving), an input it cannot predict a 422 naming ``field.format(i)``."""
+               field: str, call: Any = None) -> list[dict[str, Any]]:
+    """The model's predictions for ``rows`` through its batcher (or ``call()``), with the timeout; a model
+    failure is a 500 naming the request (the server keeps serving), an input it cannot predict a 422 naming
+    ``field.format(i)``."""
     try:
-        results = await asyncio.wait_for(model.batcher.submit(rows), settings.timeout_s)
+        results = await asyncio.wait_for(call() if call else model.batcher.submit(rows), settings.timeout_s)
     except asyncio.TimeoutError:
         raise ServeError(504, f"the model did not answer within {settings.timeout_s} s") from None
     except Exception as err:  # the model raised: the request fails, the server keeps serving
@@ -510,8 +548,32 @@ async def _run(model: Served, rows: list[dict[str, Any]], settings: ServeSetting
     return results
 
 
-async def _generate_once(model: Served, record: dict[str, Any], settings: ServeSettings, request_id: str) -> str:
-    return (await _run(model, [record], settings, request_id, "input"))[0]["text"]
+async def _generate_once(model: Served, record: dict[str, Any], settings: ServeSettings, request_id: str,
+                         changes: dict[str, Any]) -> str:
+    """The whole output for ``record``: batched with others when it keeps the model's decoding, else alone in
+    the model's own thread with its ``changes``."""
+    if not changes:
+        return (await _run(model, [record], settings, request_id, "input"))[0]["text"]
+
+    def alone() -> list[dict[str, Any]]:
+        with model.predictor.decoding(**changes):
+            return model.predictor.predict([record], on_error="record")
+
+    loop = asyncio.get_running_loop()
+    return (await _run(model, [record], settings, request_id, "input",
+                       call=lambda: loop.run_in_executor(model.batcher.executor, alone)))[0]["text"]
+
+
+def _changes(model: Served, body: Decoding) -> dict[str, Any]:
+    """The request's decoding changes, checked against the model's settings (422 naming the field)."""
+    changes = body.changes()
+    if changes:
+        try:
+            with model.predictor.decoding(**changes):
+                pass
+        except ConfigError as err:
+            raise ServeError(422, str(err), str(err).split(":")[0]) from None
+    return changes
 
 
 def _add_generate_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
@@ -522,14 +584,15 @@ def _add_generate_route(app: Any, model: Served, settings: ServeSettings, author
     async def generate(body: GenerateRequest, request: Request) -> Any:
         authorize(request, model.name)
         record = _record(model, body.input, settings)
+        changes = _changes(model, body)
         if not body.stream:
-            text = await _generate_once(model, record, settings, request.state.request_id)
+            text = await _generate_once(model, record, settings, request.state.request_id, changes)
             metrics.requests.labels(model.name, "200").inc()
             return {"model": model.name, "text": text}
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for piece in _pieces(model, record):
+                async for piece in _pieces(model, record, changes):
                     metrics.tokens.labels(model.name).inc()
                     yield _sse({"text": piece})
             except Exception as err:  # the headers are sent: the error is the last event
@@ -563,10 +626,11 @@ def _add_chat_route(app: Any, served: dict[str, Served], settings: ServeSettings
             if not users:
                 raise ServeError(422, "messages: no user message", "messages")
             record = _record(model, users[-1], settings)
+        changes = _changes(model, body)
         ident, created = f"chatcmpl-{request.state.request_id}", int(time.time())
         head = {"id": ident, "created": created, "model": body.model}
         if not body.stream:
-            text = await _generate_once(model, record, settings, request.state.request_id)
+            text = await _generate_once(model, record, settings, request.state.request_id, changes)
             metrics.requests.labels(model.name, "200").inc()
             return {**head, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
@@ -574,7 +638,7 @@ def _add_chat_route(app: Any, served: dict[str, Served], settings: ServeSettings
         async def events() -> AsyncIterator[str]:
             chunk = {**head, "object": "chat.completion.chunk"}
             yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-            async for piece in _pieces(model, record):
+            async for piece in _pieces(model, record, changes):
                 metrics.tokens.labels(model.name).inc()
                 yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
             yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
