@@ -284,3 +284,47 @@ def test_serve_settings_mistakes_are_named(tmp_path: Path, capsys) -> None:
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["serve"]) == 2
     assert "name at least one artifact" in capsys.readouterr().err
+
+
+def test_draining_finishes_requests_in_flight_and_turns_new_ones_away(classifier: Path) -> None:
+    import threading
+    import time
+
+    with client(classifier) as api:
+        served = api.app.state.served["sentiment"]
+        original = served.predictor.predict
+
+        def slow(*args, **kwargs):
+            time.sleep(1.0)
+            return original(*args, **kwargs)
+
+        served.predictor.predict = slow
+        replies: list = []
+        in_flight = threading.Thread(target=lambda: replies.append(
+            api.post("/v1/models/sentiment/predict", json={"inputs": "the film was great"})))
+        in_flight.start()
+        time.sleep(0.3)
+        api.app.state.drain()  # what SIGTERM does (tunelab.serve's uvicorn server calls it)
+        turned = api.post("/v1/models/sentiment/predict", json={"inputs": "a"})
+        assert turned.status_code == 503 and "shutting down" in turned.json()["error"]
+        assert api.get("/ready").status_code == 503  # load balancers stop sending traffic
+        in_flight.join()
+        assert replies[0].status_code == 200 and replies[0].json()["predictions"][0]["label"] in {"neg", "pos"}
+
+
+def test_sigterm_drains_before_stopping() -> None:
+    import signal
+
+    import uvicorn
+
+    from tunelab.serve import draining_server
+
+    calls: list[str] = []
+
+    class App:
+        class state:
+            drain = staticmethod(lambda: calls.append("drain"))
+
+    server = draining_server(App, uvicorn.Config(App))
+    server.handle_exit(signal.SIGTERM, None)
+    assert calls == ["drain"] and server.should_exit

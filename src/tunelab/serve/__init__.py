@@ -29,8 +29,23 @@ def serve(models: dict[str, str | Path], **settings: Any) -> None:
 
     config = ServeSettings(models=models, **settings)
     app = create_app(config)
-    # uvicorn finishes the requests in flight on SIGINT/SIGTERM; the app answers new ones with 503 meanwhile
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=30)
+
+    uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                                    timeout_graceful_shutdown=30)
+    draining_server(app, uvicorn_config).run()
 
 
-__all__ = ["KeyStore", "ServeSettings", "new_key", "serve"]
+def draining_server(app: Any, config: Any) -> Any:
+    """A uvicorn server that, told to stop (SIGINT/SIGTERM), lets requests in flight finish while ``app``
+    answers new ones (on connections already open) with 503."""
+    import uvicorn
+
+    class Draining(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.drain()
+            super().handle_exit(sig, frame)
+
+    return Draining(config)
+
+
+__all__ = ["KeyStore", "ServeSettings", "draining_server", "new_key", "serve"]

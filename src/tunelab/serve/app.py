@@ -356,6 +356,7 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         return {"unloaded": name}
 
     app.state.served, app.state.settings = served, settings
+    app.state.drain = lambda: state.update(draining=True)  # called when the server is told to stop
     return app
 
 
