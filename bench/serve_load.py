@@ -1,10 +1,13 @@
 """Serving load test, one run, loopback only, a fixed number of requests (it stops by itself).
 
-Three servers answer the same single-sentence requests (SST-2 dev sentences) with the same fine-tuned MiniLM:
+Four servers answer the same single-sentence requests (SST-2 dev sentences) with the same fine-tuned MiniLM:
 (a) ``tunelab serve`` with micro-batching (max batch 32, max wait 5 ms), (b) ``tunelab serve --max-batch-size 1``
 (batch 1 per request), (c) the FastAPI app users write by hand: ``transformers.pipeline("text-classification")``
-called per request in FastAPI's thread pool. Each runs in its own process; the clients (1, 8 and 32 concurrent,
-httpx, asyncio) run in this one, on the same 2 cores — so every figure includes the clients' own CPU use.
+called per request in FastAPI's thread pool, and (d) ``tunelab serve`` on the same model exported to ONNX with
+int8 weights (``tunelab export --quantize int8``). Each runs in its own process; the clients (1, 8 and 32
+concurrent, httpx, asyncio) run in this one, on the same 2 cores — so every figure includes the clients' own CPU
+use. ``model_ceiling``: the model's own sentences/s at batch 1 and 32 in one process, without HTTP — the most
+micro-batching can give on this CPU.
 Generation: ``tunelab serve`` on SmolLM2 (zero-shot summarization exported with ``--format onnx-genai``),
 time to the first streamed event for a short prompt and pieces/s with 1 and 8 concurrent streams.
 Adapters: five LoRA classifiers on MiniLM (each trained here on its own 400-sentence slice of SST-2 train),
@@ -189,6 +192,9 @@ def adapters(args: argparse.Namespace, tunelab_cli: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--artifact", type=Path, default=Path("/tmp/tunelab-bench-inference/sst2/artifact"))
+    parser.add_argument("--onnx-artifact", type=Path,
+                        default=Path("/tmp/tunelab-bench-inference/sst2-onnx-int8/artifact"),
+                        help="the same model exported with int8 weights (bench/inference.py makes it); skipped if absent")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--requests", type=int, default=600, help="requests per client count")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench-serve"))
@@ -207,6 +213,7 @@ def main() -> None:
     report.update({"command": "python bench/serve_load.py " + " ".join(sys.argv[1:]), "artifact": str(args.artifact),
                    "machine": {"cores": os.cpu_count()}, "note": "clients and server share the machine's 2 cores"})
     if "load" in sections:
+        report["model_ceiling"] = model_ceiling(args)
         load_test(args, report, tunelab_cli)
     if "generation" in sections:
         generation(args, report, tunelab_cli)
@@ -225,6 +232,7 @@ def load_test(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "pipeline_server.py").write_text(PIPELINE_SERVER)
         tunelab_server = [tunelab_cli, "serve", f"m={args.artifact}"]
+        onnx_server = [tunelab_cli, "serve", f"m={args.onnx_artifact}"]
         systems = {  # name -> (command given a port, predict path)
             "tunelab": (lambda port: [*tunelab_server, "--max-batch-size", "32", "--max-wait-ms", "5", "--port", str(port)],
                         "/v1/models/m/predict"),
@@ -232,6 +240,8 @@ def load_test(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:
             "pipeline_server": (lambda port: [sys.executable, str(Path(tmp) / "pipeline_server.py"), str(args.artifact),
                                               str(port)], "/predict"),
         }
+        if (args.onnx_artifact / "manifest.json").is_file():  # the same model exported (tunelab export --quantize int8)
+            systems["tunelab_onnx_int8"] = (lambda port: [*onnx_server, "--port", str(port)], "/v1/models/m/predict")
         for name, (command, path) in systems.items():
             port = free_port()
             server = start(command(port), port)
@@ -252,7 +262,35 @@ def load_test(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:
                    errors=sum(row[s]["errors"] for s in systems))
         row["vs_batch1"] = round(row["tunelab_rps"] / row["batch1_rps"], 2)
         row["vs_pipeline_server"] = round(row["tunelab_rps"] / row["pipeline_server_rps"], 2)
+        if "tunelab_onnx_int8" in row:
+            row["onnx_int8_vs_pipeline_server"] = round(row["tunelab_onnx_int8"]["rps"] / row["pipeline_server_rps"], 2)
     report["p50_ms_idle"] = report["clients_1"]["tunelab"]["p50_ms"]
+    if "tunelab_onnx_int8" in report["clients_1"]:
+        report["p50_ms_idle_onnx_int8"] = report["clients_1"]["tunelab_onnx_int8"]["p50_ms"]
+
+
+def model_ceiling(args: argparse.Namespace) -> dict:
+    """What batching can give at most: the model's own sentences/s at batch 1 and 32, in this process, no HTTP
+    (256 SST-2 dev sentences, in order, as requests would come)."""
+    import tunelab
+    from tunelab.data import read_records
+
+    texts = [r["sentence"] for r in read_records(args.data_dir / "sst2" / "dev.tsv", format="tsv").rows][:256]
+    out = {}
+    for name, path in (("pytorch", args.artifact), ("onnx_int8", args.onnx_artifact)):
+        if not (path / "manifest.json").is_file():
+            continue
+        predictor = tunelab.Predictor.load(path)
+        rates = {}
+        for size in (1, 32):
+            predictor.predict(texts[:size])
+            started = time.perf_counter()
+            for at in range(0, len(texts), size):
+                predictor.predict(texts[at: at + size])
+            rates[size] = len(texts) / (time.perf_counter() - started)
+        out[name] = {"batch1_sent_per_s": round(rates[1], 1), "batch32_sent_per_s": round(rates[32], 1),
+                     "ratio": round(rates[32] / rates[1], 2)}
+    return out
 
 
 def generation(args: argparse.Namespace, report: dict, tunelab_cli: str) -> None:

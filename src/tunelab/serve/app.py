@@ -43,16 +43,26 @@ class ServeError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
-class BodyLimit:
-    """ASGI middleware: a request body that grows past ``limit`` bytes while it is read ends in 413 (the
-    ``Content-Length`` check catches declared sizes before; this catches chunked bodies)."""
+class Guard:
+    """ASGI middleware in front of every route (plain ASGI: no per-request task or body copy): gives each
+    request an id (``X-Request-ID``), answers 503 while the server drains, and 413 for a body over ``limit``
+    bytes — declared in ``Content-Length``, or growing past it while read (chunked)."""
 
-    def __init__(self, app: Any, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, draining: Any):
+        self.app, self.limit, self.draining = app, limit, draining
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        if self.draining():
+            return await _json(send, 503, {"error": "the server is shutting down", "request_id": request_id},
+                               request_id)
+        size = dict(scope["headers"]).get(b"content-length")
+        if size is not None and (not size.isdigit() or int(size) > self.limit):
+            return await _json(send, 413, {"error": f"the request body is larger than {self.limit} bytes",
+                                           "field": "body", "request_id": request_id}, request_id)
         received = 0
 
         async def limited() -> dict:
@@ -65,7 +75,21 @@ class BodyLimit:
                 raise HTTPException(413, f"body: the request body is larger than {self.limit} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        async def with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, limited, with_id)
+
+
+async def _json(send: Any, status: int, body: dict, request_id: str) -> None:
+    """A whole JSON response straight onto ASGI ``send``."""
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+        (b"x-request-id", request_id.encode())]})
+    await send({"type": "http.response.body", "body": data})
 
 
 class RateLimiter:
@@ -194,7 +218,7 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
             model.batcher.close()
 
     app = FastAPI(title="tunelab", version=_version(), lifespan=lifespan)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # bodies without a Content-Length too
+    app.add_middleware(Guard, limit=settings.max_body_bytes, draining=lambda: state["draining"])
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -205,21 +229,7 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
         body = {"error": exc.message, "request_id": request_id}
         if exc.field:
             body["field"] = exc.field
-        return JSONResponse(body, status_code=exc.status, headers={**exc.headers, "X-Request-ID": request_id})
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        request_id = uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        if state["draining"]:
-            return error(ServeError(503, "the server is shutting down"), request_id)
-        size = request.headers.get("content-length")
-        too_big = ServeError(413, f"the request body is larger than {settings.max_body_bytes} bytes", "body")
-        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            return error(too_big, request_id)
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        return response
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)  # Guard adds X-Request-ID
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
