@@ -261,7 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not models:
         raise ConfigError("name at least one artifact to serve: tunelab serve runs/sst2 (or NAME=ARTIFACT)")
     flags = {"host": args.host, "port": args.port, "keys_file": args.keys_file, "max_batch_size": args.max_batch_size,
-             "max_wait_ms": args.max_wait_ms, "rate_per_minute": args.rate_per_minute,
+             "max_wait_ms": args.max_wait_ms, "model_batch_size": args.model_batch_size,
+             "rate_per_minute": args.rate_per_minute,
              "share_bases": False if args.no_shared_bases else None, "ui": False if args.no_ui else None}
     settings.update({k: v for k, v in flags.items() if v is not None})
     try:
@@ -396,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys-file", help="file of hashed API keys (make one with --new-key)")
     p.add_argument("--max-batch-size", type=_positive, help="most inputs per model call (1: no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, help="how long a request waits to share a batch (default 5)")
+    p.add_argument("--model-batch-size", type=_positive,
+                   help="inputs per forward pass; a batch runs length-sorted in chunks of this size (default 8)")
     p.add_argument("--rate-per-minute", type=int, help="requests per minute per key (default unlimited)")
     p.add_argument("--no-shared-bases", action="store_true",
                    help="load every LoRA artifact with its own copy of the base model (default: they share it)")

@@ -117,7 +117,7 @@ class Served:
     """One loaded model: its predictor, batcher and request/response schemas."""
 
     def __init__(self, name: str, predictor: Predictor, settings: ServeSettings, metrics: Any):
-        self.name, self.predictor = name, predictor
+        self.name, self.predictor, self.model_batch_size = name, predictor, settings.model_batch_size
         task = predictor.task
         item = Union[str, predictor.input_schema]  # a text, or a record with the task's columns
         self.Request = create_model(f"{name}_request".replace("-", "_").replace(".", "_"),
@@ -152,7 +152,7 @@ class Served:
                 "plots": sorted(self.plots)}
 
     def _predict(self, items: list[Any]) -> list[dict[str, Any]]:
-        return self.predictor.predict(items, on_error="record")
+        return self.predictor.predict(items, batch_size=self.model_batch_size, on_error="record")
 
 
 class Metrics:
