@@ -1,13 +1,14 @@
 """Serving load test, one run, loopback only, a fixed number of requests (it stops by itself).
 
-Four servers answer the same single-sentence requests (SST-2 dev sentences) with the same fine-tuned MiniLM:
-(a) ``tunelab serve`` with micro-batching (max batch 32, max wait 5 ms, run length-sorted in chunks of 8),
-(b) ``tunelab serve --max-batch-size 1`` (batch 1 per request), (c) the FastAPI app users write by hand:
-``transformers.pipeline("text-classification")`` called per request in FastAPI's thread pool, and (d) ``tunelab serve`` on the same model exported to ONNX with
-int8 weights (``tunelab export --quantize int8``). Each runs in its own process; the clients (1, 8 and 32
-concurrent, httpx, asyncio) run in this one, on the same 2 cores — so every figure includes the clients' own CPU
-use. ``model_ceiling``: the model's own sentences/s in one process, without HTTP, at batch 1 and on batches of 32
-(one padded pass, or length-sorted chunks of 8) — the most micro-batching can give on this CPU.
+Four servers answer the same single-sentence requests (SST-2 dev sentences) with the same fine-tuned MiniLM: (a)
+``tunelab serve`` with micro-batching (max batch 32, max wait 5 ms, run length-sorted in chunks of 8), (b)
+``tunelab serve --max-batch-size 1`` (batch 1 per request), (c) the FastAPI app users write by hand:
+``transformers.pipeline("text-classification")`` called per request in FastAPI's thread pool, and (d) ``tunelab
+serve`` on the same model exported to ONNX with int8 weights (``tunelab export --quantize int8``). Each runs in
+its own process; the clients (1, 8 and 32 concurrent, httpx, asyncio) run in this one, on the same 2 cores — so
+every figure includes the clients' own CPU use. ``model_ceiling``: the model's own sentences/s in one process,
+without HTTP, at batch 1 and on batches of 32 (one padded pass, or length-sorted chunks of 8) — the most micro-
+batching can give on this CPU.
 Generation: ``tunelab serve`` on SmolLM2 (zero-shot summarization exported with ``--format onnx-genai``),
 time to the first streamed event for a short prompt and pieces/s with 1 and 8 concurrent streams.
 Adapters: five LoRA classifiers on MiniLM (each trained here on its own 400-sentence slice of SST-2 train),

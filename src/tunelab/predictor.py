@@ -177,6 +177,29 @@ class Predictor:
         switched on and the base is kept to this Predictor until the context ends."""
         return self.adapter.use() if self.adapter is not None else nullcontext(self.model)
 
+    def decoding_config(self, **changes: Any) -> Any:
+        """Generation tasks: the model's ``generate`` settings with ``changes`` applied, checked (nothing is
+        changed on the model).
+
+        Raises:
+            ConfigError: the model does not generate text, or a setting is invalid (named).
+
+        Example:
+            >>> predictor.decoding_config(max_new_tokens=16).max_new_tokens     # doctest: +SKIP
+            16
+        """
+        from pydantic import ValidationError
+
+        from .config import GenerateConfig
+
+        if not self.task.streams:
+            raise ConfigError(f"a {self.task.name} model's decoding cannot be changed per call")
+        try:
+            return GenerateConfig(**{**self.task.generate_config.model_dump(), **changes})
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
     @contextmanager
     def decoding(self, **changes: Any) -> Iterator[Predictor]:
         """Generation tasks: decode with these ``generate`` settings changed until the block ends (e.g. one
@@ -193,18 +216,8 @@ class Predictor:
             >>> with predictor.decoding(max_new_tokens=16):              # doctest: +SKIP
             ...     predictor.predict("a long report ...")
         """
-        from pydantic import ValidationError
-
-        from .config import GenerateConfig
-
-        if not self.task.streams:
-            raise ConfigError(f"a {self.task.name} model's decoding cannot be changed per call")
-        before = self.task.generate_config
-        try:
-            self.task.generate_config = GenerateConfig(**{**before.model_dump(), **changes})
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        config = self.decoding_config(**changes)
+        before, self.task.generate_config = self.task.generate_config, config
         try:
             yield self
         finally:

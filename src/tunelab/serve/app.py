@@ -580,8 +580,7 @@ def _changes(model: Served, body: Decoding) -> dict[str, Any]:
     changes = body.changes()
     if changes:
         try:
-            with model.predictor.decoding(**changes):
-                pass
+            model.predictor.decoding_config(**changes)  # checked here; applied in the model's own thread
         except ConfigError as err:
             raise ServeError(422, str(err), str(err).split(":")[0]) from None
     return changes
