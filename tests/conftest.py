@@ -53,6 +53,41 @@ def toy_sentences(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]
+ANIMALS = ["cat", "dog", "horse", "mouse", "goat", "duck"]
+
+
+def toy_qa(n: int, seed: int = 0, filler: int = 0) -> list[dict]:
+    """A learnable toy QA task: the colour of an animal, after ``filler`` sentences of padding."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        color, animal = rng.choice(COLORS), rng.choice(ANIMALS)
+        pad = " ".join(["the weather was mild that day ."] * filler)
+        context = f"{pad} the {animal} was {color} .".strip()
+        start = context.index(f" was {color}") + 5
+        rows.append({"id": str(i), "question": f"what color was the {animal} ?", "context": context,
+                     "answers": {"text": [color], "answer_start": [start]}})
+    return rows
+
+
+def toy_relations(n: int, seed: int = 0) -> list[dict]:
+    """Direction is decided by which entity comes first, the type by the verb."""
+    rng = random.Random(seed)
+    verbs = {"caused": "Cause-Effect", "contains": "Content-Container"}
+    rows = []
+    for _ in range(n):
+        verb = rng.choice(list(verbs))
+        a, b = rng.sample(["storm", "flood", "box", "jar", "virus", "fire"], 2)
+        if rng.random() < 0.5:
+            rows.append({"text": f"the <e1>{a}</e1> {verb} the <e2>{b}</e2>", "label": f"{verbs[verb]}(e1,e2)"})
+        else:
+            rows.append({"text": f"the <e2>{a}</e2> {verb} the <e1>{b}</e1>", "label": f"{verbs[verb]}(e2,e1)"})
+        if rng.random() < 0.2:
+            rows.append({"text": f"the <e1>{a}</e1> and the <e2>{b}</e2>", "label": "Other"})
+    return rows
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM tokenizer."""

@@ -1,6 +1,6 @@
 """The web page of ``tunelab serve`` in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
-against a live server on tiny models: the key, label bars, entity highlights, streaming text, the model card,
-a phone-width layout and labelled controls.
+against a live server on tiny models: the key, label bars, entity highlights, the QA answer in its context, the
+relation between two marked spans, streaming text, the model card, a phone-width layout and labelled controls.
 
 ``make test`` installs Chromium when it is absent; without it (or without Playwright) these tests skip and say
 why. Set ``TUNELAB_SCREENSHOT=path.png`` to keep the page's screenshot (the README's comes from here).
@@ -18,7 +18,7 @@ import pytest
 import tunelab
 from tunelab.serve import new_key
 
-from conftest import live_server, sentiment_rows, tiny_config, toy_sentences
+from conftest import live_server, sentiment_rows, tiny_config, toy_qa, toy_relations, toy_sentences
 
 pytestmark = pytest.mark.slow
 
@@ -55,9 +55,13 @@ def server(tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathF
     writer = tunelab.fit({"task": "summarization", "model": str(tiny_llama), "strategy": "zero_shot",
                           "output_dir": str(root / "writer"), "generate": {"max_new_tokens": 48, "strategy": "sample", "temperature": 1.0, "top_p": 1.0, "seed": 7},
                           "prompt": {"template": "{text}"}}).artifact_dir
+    qa_config = {**tiny_config(tiny_bert, root / "qa", epochs=2), "task": "qa"}
+    qa = tunelab.fit(qa_config, train=toy_qa(40)).artifact_dir
+    relation_config = {**tiny_config(tiny_bert, root / "relation", epochs=2), "task": "relation"}
+    relation = tunelab.fit(relation_config, train=toy_relations(40)).artifact_dir
     token, line = new_key(["*"])
     (root / "keys.txt").write_text(line + "\n")
-    with live_server([f"sentiment={sentiment}", f"people={ner}", f"writer={writer}",
+    with live_server([f"sentiment={sentiment}", f"people={ner}", f"writer={writer}", f"qa={qa}", f"rel={relation}",
                       "--keys-file", str(root / "keys.txt")]) as (url, _):
         yield url, token
 
@@ -109,7 +113,7 @@ def test_a_wrong_key_is_rejected_and_the_right_one_lists_the_models(page, server
     page.wait_for_function("document.querySelector('#status').textContent.includes('rejected')")
     assert page.get_attribute("#key", "aria-invalid") == "true" and page.is_disabled("#run")
     enter_key(page, token)
-    page.wait_for_function("document.querySelectorAll('#model option').length === 3")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 5")
     assert page.input_value("#key") == ""  # the field is cleared: the key lives in the tab's memory only
     assert page.evaluate("localStorage.length + sessionStorage.length") == 0 and page.evaluate("document.cookie") == ""
     # every control has a label, and the page's own headers forbid other origins' scripts and framing
@@ -165,6 +169,55 @@ def test_entities_are_highlighted_in_the_text_and_text_stays_text(page, server) 
     run_model(page, "people", "<img src=x onerror=alert(1)> Erin lives in Oslo .")
     page.wait_for_function("document.querySelector('.marked') && document.querySelector('.marked').textContent.includes('<img')")
     assert page.eval_on_selector_all("#result img", "imgs => imgs.length") == 0
+
+
+def api_prediction(server, model: str, inputs) -> dict:
+    import httpx
+
+    url, token = server
+    reply = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": inputs},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    return reply.json()["predictions"][0]
+
+
+def test_the_answer_is_highlighted_in_its_context(page, server) -> None:
+    enter_key(page, server[1])
+    page.select_option("#model", "qa")
+    page.wait_for_selector("#card-body dl")
+    question, context = "what color was the goat ?", "the goat was purple ."
+    page.fill("#in-question", question)
+    page.fill("#in-context", context)
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Done.'")
+    expected = api_prediction(server, "qa", {"question": question, "context": context})
+    if expected["start"] is None:
+        assert "No answer" in page.inner_text("#result")
+    else:
+        assert page.eval_on_selector("mark.span", "m => [m.dataset.type, m.firstChild.textContent]") == [
+            "answer", context[expected["start"]:expected["end"]]]
+        assert expected["answer"] in page.inner_text("#result .answer")
+
+
+def test_entities_marked_by_selection_show_the_relation_between_them(page, server) -> None:
+    enter_key(page, server[1])
+    page.select_option("#model", "rel")
+    page.wait_for_selector("#card-body dl")
+    assert page.is_visible("#mark-e1")
+    page.fill("#fields textarea", "the fire caused the flood")
+    page.eval_on_selector("#fields textarea", "box => box.setSelectionRange(4, 8)")  # "fire"
+    page.click("#mark-e1")
+    text = page.input_value("#fields textarea")
+    start = text.index("flood")
+    page.eval_on_selector("#fields textarea", f"box => box.setSelectionRange({start}, {start + 5})")
+    page.click("#mark-e2")
+    assert page.input_value("#fields textarea") == "the <e1>fire</e1> caused the <e2>flood</e2>"
+    page.click("#run")
+    page.wait_for_selector(".bars li.chosen")
+    marks = page.eval_on_selector_all("mark.span", "ms => ms.map(m => [m.dataset.type, m.firstChild.textContent])")
+    assert marks == [["e1", "fire"], ["e2", "flood"]]
+    expected = api_prediction(server, "rel", "the <e1>fire</e1> caused the <e2>flood</e2>")
+    assert page.inner_text(".bars li.chosen .name") == expected["label"]
+    assert page.inner_text("#result .answer").startswith("fire → " + expected["label"] + " → flood")
 
 
 def test_generated_text_streams_in_piece_by_piece(page, server) -> None:

@@ -1,7 +1,6 @@
 """Extractive QA: SQuAD reading, windows with offsets, n-best decoding, EM/F1, errors, end to end."""
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,7 @@ from tunelab.config import build_config
 from tunelab.data import read_records
 from tunelab.tasks.qa import QaTask, normalize_answer, squad_scores
 
-from conftest import tiny_config
-
-COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]
-ANIMALS = ["cat", "dog", "horse", "mouse", "goat", "duck"]
-
-
-def toy_qa(n: int, seed: int = 0, filler: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        color, animal = rng.choice(COLORS), rng.choice(ANIMALS)
-        pad = " ".join(["the weather was mild that day ."] * filler)
-        context = f"{pad} the {animal} was {color} .".strip()
-        start = context.index(f" was {color}") + 5
-        rows.append({"id": str(i), "question": f"what color was the {animal} ?", "context": context,
-                     "answers": {"text": [color], "answer_start": [start]}})
-    return rows
+from conftest import COLORS, tiny_config, toy_qa
 
 
 def test_squad_normalisation_and_scores() -> None:

@@ -1,7 +1,6 @@
 """Relation extraction: marker parsing, spans, the official SemEval score, training with markers."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import tunelab
 from tunelab.data import read_records
 from tunelab.tasks.relation import mark_entities, relation_metrics, relation_type, tag_spans
 
-from conftest import tiny_config
+from conftest import tiny_config, toy_relations
 
 
 def test_markers_become_marker_tokens() -> None:
@@ -56,23 +55,6 @@ def test_semeval_file_reader(tmp_path: Path) -> None:
                     encoding="utf-8")
     records = read_records(path)
     assert [r["label"] for r in records.rows] == ["Other", "Cause-Effect(e1,e2)"] and records.where(1).endswith("line 5")
-
-
-def toy_relations(n: int, seed: int = 0) -> list[dict]:
-    """Direction is decided by which entity comes first, the type by the verb."""
-    rng = random.Random(seed)
-    verbs = {"caused": "Cause-Effect", "contains": "Content-Container"}
-    rows = []
-    for _ in range(n):
-        verb = rng.choice(list(verbs))
-        a, b = rng.sample(["storm", "flood", "box", "jar", "virus", "fire"], 2)
-        if rng.random() < 0.5:
-            rows.append({"text": f"the <e1>{a}</e1> {verb} the <e2>{b}</e2>", "label": f"{verbs[verb]}(e1,e2)"})
-        else:
-            rows.append({"text": f"the <e2>{a}</e2> {verb} the <e1>{b}</e1>", "label": f"{verbs[verb]}(e2,e1)"})
-        if rng.random() < 0.2:
-            rows.append({"text": f"the <e1>{a}</e1> and the <e2>{b}</e2>", "label": "Other"})
-    return rows
 
 
 @pytest.mark.slow
