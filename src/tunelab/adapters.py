@@ -110,9 +110,9 @@ class BasePool:
             else:
                 import peft
 
+                base = base_for(task, manifest, allow_network)
                 with quiet_loading():
-                    model = peft.PeftModel.from_pretrained(base_for(task, manifest, allow_network), model_dir,
-                                                           adapter_name=name, trust_remote_code=False)
+                    model = peft.PeftModel.from_pretrained(base, model_dir, adapter_name=name, trust_remote_code=False)
                 shared = self.bases[key] = SharedBase(model.eval(), key)
             shared.adapters.add(name)
         return shared.model, processor, task, ActiveAdapter(shared, name)

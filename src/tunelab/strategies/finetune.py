@@ -112,9 +112,9 @@ class FineTune(Strategy):
         else:  # an adapter on top of its base model
             import peft
 
+            base = base_for(task, manifest, allow_network)
             with quiet_loading():
-                model = peft.PeftModel.from_pretrained(base_for(task, manifest, allow_network), model_dir,
-                                                       trust_remote_code=False)
+                model = peft.PeftModel.from_pretrained(base, model_dir, trust_remote_code=False)
         return model.eval(), processor, task
 
 
