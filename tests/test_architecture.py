@@ -17,7 +17,7 @@ LAYERS = [
      "checkpoint", "rundir"},
     {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes"},
     {"tasks"},
-    {"methods", "train", "adapters"},
+    {"methods", "train", "adapters", "explain"},
     {"predictor"},
     {"strategies"},
     {"api", "export", "export_check", "export_genai", "compress", "serve"},

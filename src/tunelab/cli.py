@@ -274,6 +274,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``tunelab explain ARTIFACT [TEXT ...] [--file F] [--method M] [--html out.html]``: one JSON line per
+    input with its word attributions; ``--faithfulness`` measures the methods on the inputs instead."""
+    from .explain import explanation_html, faithfulness
+    from .predictor import Predictor
+    from .progress import progress
+
+    predictor = Predictor.load(args.artifact, threads=args.threads)
+    args.chunk = 1 << 30  # explanations are few: one chunk
+    chunks, _ = _predict_chunks(args, predictor, 0)
+    records = [row for chunk in chunks for row in chunk.rows][: args.limit]
+    if not records:
+        raise InputError("nothing to explain: give texts, --file, or lines on stdin")
+    if args.faithfulness:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        ticks = progress(range(len(records)), total=len(records), desc="faithfulness", unit="input")
+        counter = iter(ticks)
+        report = faithfulness(predictor.explain_model(), records, methods, k=args.k,
+                              progress=lambda done: next(counter, None))
+        print(json.dumps(report, indent=2))
+        return 0
+    options = {"steps": args.steps} if args.steps else {}
+    explanations = [predictor.explain([row], method=args.method, target=args.target, **options)[0]
+                    for row in progress(records, total=len(records), desc="explain", unit="input", quiet=len(records) < 4)]
+    for e in explanations:
+        print(json.dumps(e, ensure_ascii=False))
+    if args.html:
+        html = Path(args.html)
+        partial = html.with_name(f".{html.name}.partial")  # complete or not at all
+        partial.write_text(explanation_html(explanations, f"tunelab explain: {args.method}"), encoding="utf-8")
+        os.replace(partial, html)
+        print(f"wrote {html}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -360,6 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a killed job's --output where it stopped")
     p.add_argument("--stream", action="store_true", help="generation: print the output token by token as it is made")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="which words led to each prediction (ig, gradxinput, attention, occlusion, "
+                       "lime), as JSON lines and an HTML heat map; --faithfulness measures the methods",
+                       parents=[common, reading])
+    p.add_argument("artifact", help="artifact or run directory")
+    p.add_argument("texts", nargs="*", help="texts to explain (or --file, or stdin)")
+    p.add_argument("--file", help="records file with the training text column(s), or a .txt file of one text per line")
+    p.add_argument("--method", default="ig", help="ig (default), gradxinput, attention, occlusion or lime")
+    p.add_argument("--target", help="the label to explain (default: the predicted one)")
+    p.add_argument("--steps", type=_positive, help="ig: integration steps (default 32)")
+    p.add_argument("--html", help="also write the explanations as a self-contained HTML heat map here")
+    p.add_argument("--limit", type=_positive, help="explain at most this many inputs")
+    p.add_argument("--faithfulness", action="store_true", help="measure comprehensiveness and sufficiency of "
+                   "--methods on the inputs, against random words")
+    p.add_argument("--methods", default="ig,gradxinput,attention,occlusion,lime", help="with --faithfulness")
+    p.add_argument("--k", type=float, default=0.2, help="with --faithfulness: the fraction of words removed or kept")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="export an artifact for fast prediction: ONNX (encoders, optionally int8) or "
                        "the ONNX Runtime GenAI engine (causal LMs, int8 by default)", parents=[common])

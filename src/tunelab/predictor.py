@@ -29,6 +29,7 @@ from .artifact import find_artifact, read_manifest
 from .data import Records, read_records
 from .errors import ArtifactError, ConfigError, DataError
 from .registry import STRATEGIES
+from .runtimes import RUNTIMES
 
 
 def predict_each(predict: Callable[[Records], list[dict[str, Any]]], records: Records,
@@ -222,6 +223,46 @@ class Predictor:
             yield self
         finally:
             self.task.generate_config = before
+
+    def explain(self, inputs: Any, method: str = "ig", target: str | None = None, **options: Any) -> Any:
+        """Which words of each input led to the prediction (see ``tunelab.explain``).
+
+        Args:
+            inputs: a text, texts, or records with the task's columns (like ``predict``).
+            method: ``ig`` (integrated gradients), ``gradxinput``, ``attention`` (rollout), ``occlusion`` or
+                ``lime``; the last two also work for ONNX artifacts.
+            target: the label to explain (default: the predicted one).
+            options: method settings: ``steps`` (ig, default 32), ``samples`` and ``seed`` (lime).
+
+        Returns:
+            One dict per input (one for a string): ``method``, ``target``, ``score`` (its probability),
+            ``column``, ``text`` and ``words`` with ``start``/``end`` character offsets and ``attribution``
+            (positive: towards the target).
+
+        Raises:
+            ConfigError: an unknown method or label, or a gradient method on a runtime without gradients.
+            DataError: an empty text.
+
+        Example:
+            >>> predictor.explain("a gripping, funny film", method="occlusion")["words"][1]    # doctest: +SKIP
+            {'word': 'gripping', 'start': 2, 'end': 10, 'attribution': 0.31}
+        """
+        from .explain import explain_record
+
+        records = self.as_records(inputs)
+        with self.using():
+            model = self.explain_model()
+            results = [explain_record(model, row, method, target, **options) for row in records.rows]
+        return results[0] if isinstance(inputs, str) else results
+
+    def explain_model(self) -> Any:
+        """What ``tunelab.explain`` runs: this predictor's ``predict``, and its PyTorch model for gradient
+        methods (none for an exported runtime)."""
+        from .explain import Model
+
+        exported = self.manifest.get("model_format") in RUNTIMES
+        return Model(self.task, lambda rows: self.predict(rows, on_error="record"),
+                     None if exported else self.model, self.processor)
 
     def stream(self, text: Any) -> Iterator[str]:
         """Generation tasks: yield the output for one input piece by piece as it is produced."""

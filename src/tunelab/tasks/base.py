@@ -274,6 +274,33 @@ class Task:
         """Write the task's result plots for validation ``metrics`` into ``folder``; returns the files."""
         return []
 
+    # ---- explanations (tunelab.explain) ------------------------------------------------------------
+    def explain_column(self, record: dict[str, Any]) -> str:
+        """The column whose words an explanation attributes (default: the first input column)."""
+        return self.input_columns()[0]
+
+    def explain_default_target(self, prediction: dict[str, Any]) -> str:
+        """What to explain when no target is given (the predicted label)."""
+        raise ConfigError(f"explanations are not available for the {self.name} task yet")
+
+    def explain_score(self, prediction: dict[str, Any], target: str) -> float:
+        """The target's probability in one prediction: what the attribution methods explain."""
+        raise ConfigError(f"explanations are not available for the {self.name} task yet")
+
+    def explain_protected(self, text: str) -> list[tuple[int, int]]:
+        """Character spans an explanation never removes (e.g. entity markers)."""
+        return []
+
+    def explain_inputs(self, processor: Any, record: dict[str, Any], column: str) -> tuple[dict[str, torch.Tensor], list]:
+        """Gradient methods: the model's batch of one for ``record`` and, per token, its character span in
+        ``column``'s text (None for special tokens and the other columns)."""
+        raise ConfigError(f"gradient methods (ig, gradxinput, attention) are not available for the {self.name} task; "
+                          "use occlusion or lime")
+
+    def explain_probs(self, outputs: Any) -> torch.Tensor:
+        """Gradient methods: the model output as probabilities per label, [batch, labels]."""
+        raise ConfigError(f"gradient methods are not available for the {self.name} task")
+
 
 REQUIRED = ("from_training_data", "encode", "collate", "build_model", "loss_sum", "primary_metric")
 # (member, unless this one is overridden): the defaults of the second use the first

@@ -22,7 +22,7 @@ from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import sigmoid, softmax
 from .base import Task
-from .common import label_weights, pad_batch
+from .common import LabelScores, label_weights, pad_batch
 from .prompted_classification import PromptClassifier
 
 
@@ -53,7 +53,7 @@ class ClassPrediction(BaseModel):
     scores: dict[str, float] | None = None
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LabelScores, Task):
     """Text classification: single-label, multi-label, regression, and sentence pairs."""
 
     Options = ClassificationOptions
@@ -227,6 +227,25 @@ class ClassificationTask(Task):
             {"label": self.labels[int(p.argmax())], "score": float(p.max()), "scores": dict(zip(self.labels, map(float, p)))}
             for p in probs
         ]
+
+    # ---- explanations ------------------------------------------------------------------------------
+    def explain_inputs(self, tokenizer: Any, record: dict[str, Any], column: str) -> tuple[dict[str, torch.Tensor], list]:
+        """The batch ``encode`` makes for ``record`` (same ids), and each token's character span in ``column``."""
+        s = self.state
+        pair_col = s.get("text_pair_column")
+        text = str(record[s["text_column"]])
+        pair = str(record[pair_col]) if pair_col else None
+        enc = tokenizer(text, pair, truncation=True, max_length=s["max_length"], return_offsets_mapping=True,
+                        return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        which = 0 if column == s["text_column"] else 1
+        spans = [(a, b) if sid == which and b > a else None for sid, (a, b) in zip(enc.sequence_ids(0), offsets)]
+        return dict(enc), spans
+
+    def explain_probs(self, outputs: Any) -> torch.Tensor:
+        """Softmax over the labels (sigmoid per label for multi-label)."""
+        logits = outputs.logits.float()
+        return torch.sigmoid(logits) if self.problem_type == "multi_label" else torch.softmax(logits, dim=-1)
 
     @property
     def primary_metric(self) -> tuple[str, bool]:

@@ -103,3 +103,23 @@ def pad_batch(
                 labels[row, : len(feat["labels"])] = torch.as_tensor(feat["labels"], dtype=label_dtype)
             batch["labels"] = labels
     return batch
+
+
+class LabelScores:
+    """Explanation members for tasks whose predictions carry ``scores`` per label (classification, relation,
+    prompted classification): the target is a label, its score the prediction's probability for it."""
+
+    labels: list[str]
+
+    def explain_default_target(self, prediction: dict[str, Any]) -> str:
+        """The predicted label (multi-label: the highest-scoring one)."""
+        if prediction.get("label") is not None:
+            return str(prediction["label"])
+        if not prediction.get("scores"):
+            raise DataError("this prediction has no label scores to explain (a regression model?)")
+        return max(prediction["scores"], key=prediction["scores"].get)
+
+    def explain_score(self, prediction: dict[str, Any], target: str) -> float:
+        """The prediction's probability for ``target``."""
+        return float(prediction["scores"][target])
+

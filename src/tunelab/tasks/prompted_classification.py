@@ -22,6 +22,7 @@ from ..errors import ConfigError, DataError
 from ..probabilities import softmax
 from ..prompts import chat_messages, fill, render_prompt
 from .base import Task
+from .common import LabelScores
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
 
@@ -43,7 +44,7 @@ class LabelPrediction(BaseModel):
     scores: dict[str, float]
 
 
-class PromptClassifier(Task):
+class PromptClassifier(LabelScores, Task):
     """Label scoring with a causal LM: zero-shot, or few-shot with retrieved demonstrations."""
 
     name = "classification"

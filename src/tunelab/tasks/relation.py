@@ -29,7 +29,7 @@ from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import softmax
 from .base import Task
-from .common import label_weights, pad_batch, special_tokens_around
+from .common import LabelScores, label_weights, pad_batch, special_tokens_around
 
 MARKERS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 _TAG = re.compile(r"</?e[12]>")
@@ -145,7 +145,7 @@ class RelationPrediction(BaseModel):
     scores: dict[str, float]
 
 
-class RelationTask(Task):
+class RelationTask(LabelScores, Task):
     """Relation classification between two marked entities (see the module docstring)."""
 
     Options = RelationOptions
@@ -157,6 +157,14 @@ class RelationTask(Task):
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
         self.label_to_id = {name: i for i, name in enumerate(self.labels)}
+
+    def explain_protected(self, text: str) -> list[tuple[int, int]]:
+        """The two marked entities stay whole when an explanation removes words: it is about the words that
+        relate them."""
+        tags = {m.group(): (m.start(), m.end()) for m in _TAG.finditer(text)}
+        if len(tags) != 4:
+            raise DataError("explain a relation input written with <e1>…</e1> and <e2>…</e2> markers")
+        return sorted((tags[f"<{e}>"][0], tags[f"</{e}>"][1]) for e in ("e1", "e2"))
 
     @classmethod
     def from_training_data(cls, cfg: Config, train: Records) -> RelationTask:

@@ -1,0 +1,339 @@
+"""Explanations: which words of an input led the model to a prediction, by one of several attribution methods,
+and how faithful those attributions are.
+
+An explanation is over the *words* of one input text (``tasks.words.split_words``, with character offsets),
+for one *target* — a label of the task — scored by the task's ``explain_score(prediction, target)``.
+Methods are registered by name in ``EXPLAINERS``:
+
+- ``occlusion``: each word removed in turn; its attribution is how much the target's probability drops
+  (captum's ``FeatureAblation`` idea over words; runs through ``predict``, so ONNX artifacts too).
+- ``lime``: captum's ``Lime`` over word masks (a linear model fitted to predictions on random subsets of the
+  words; also through ``predict``).
+- ``ig``: captum's ``LayerIntegratedGradients`` on the embedding layer, from a baseline where every word's
+  tokens are ``[PAD]`` (special tokens kept), with the convergence delta reported; sub-token scores are summed
+  into words. Needs a PyTorch model and a task with ``explain_inputs``.
+- ``gradxinput``: gradient x input on the embedding layer (captum's ``LayerGradientXActivation``), summed into
+  words — one backward pass.
+- ``attention``: attention rollout (Abnar & Zuidema 2020) from the first token — a cheap view, not a
+  faithful attribution.
+
+Faithfulness (``faithfulness``): ERASER's comprehensiveness (the drop in the target's probability when the
+top-k% attributed words are removed) and sufficiency (the drop when only they are kept), per method and for
+random words of the same number — an attribution method is worth reading when it beats random.
+
+Example:
+    >>> predictor.explain("a gripping, funny film", method="ig")["words"][:2]      # doctest: +SKIP
+    [{'word': 'a', 'start': 0, 'end': 1, 'attribution': 0.01}, {'word': 'gripping', ...}]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError
+from .registry import Registry
+from .tasks.words import split_words
+
+Predict = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+@dataclass
+class Subject:
+    """What one explanation is about: the record, the column whose words are attributed, those words (with
+    character offsets; words inside ``protected`` spans such as entity markers are never removed), the target
+    and its probability on the whole input."""
+
+    record: dict[str, Any]
+    column: str
+    words: list[str]
+    offsets: list[tuple[int, int]]
+    protected: list[tuple[int, int]]
+    target: str
+    score: float
+
+    @property
+    def text(self) -> str:
+        return str(self.record[self.column])
+
+    def keeping(self, keep: list[bool]) -> dict[str, Any]:
+        """The record with only the words where ``keep`` is true (and everything protected) left in the text."""
+        spans = sorted([(a, b, k) for (a, b), k in zip(self.offsets, keep)] + [(a, b, True) for a, b in self.protected])
+        return {**self.record, self.column: " ".join(self.text[a:b] for a, b, kept in spans if kept)}
+
+
+@dataclass
+class Model:
+    """What the methods may use: ``predict`` (always), and for gradient methods the PyTorch model, its
+    processor and task (None when the artifact runs on another runtime)."""
+
+    task: Any
+    predict: Predict
+    torch_model: torch.nn.Module | None = None
+    processor: Any = None
+
+    def scores(self, subject: Subject, records: list[dict[str, Any]], batch: int = 64) -> np.ndarray:
+        """The target's probability for each record (predicted in batches)."""
+        out: list[float] = []
+        for at in range(0, len(records), batch):
+            for prediction in self.predict(records[at: at + batch]):
+                if "error" in prediction:  # e.g. nothing left to predict from: the target has no support
+                    out.append(0.0)
+                else:
+                    out.append(self.task.explain_score(prediction, subject.target))
+        return np.asarray(out, dtype=np.float64)
+
+
+Explainer = Callable[[Model, Subject, dict[str, Any]], dict[str, Any]]
+EXPLAINERS: Registry[Explainer] = Registry("explainer")
+
+
+def register_explainer(name: str, explainer: Explainer, *, replace: bool = False) -> Explainer:
+    """Add an attribution method: ``explainer(model, subject, options)`` returns ``{"attributions": [one value
+    (or None) per word of subject.words], ...extra fields}``.
+
+    Example:
+        >>> def first_word(model, subject, options):
+        ...     return {"attributions": [1.0] + [0.0] * (len(subject.words) - 1)}
+        >>> _ = register_explainer("first_word", first_word)
+    """
+    return EXPLAINERS.add(name, explainer, replace=replace)
+
+
+def subject_for(model: Model, record: dict[str, Any], target: str | None) -> Subject:
+    """The Subject for one record: its words, and the target (default: the predicted label), checked."""
+    task = model.task
+    column = task.explain_column(record)
+    text = record.get(column)
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"column {column!r}: an empty text has nothing to explain")
+    (prediction,) = model.predict([record])
+    if "error" in prediction:
+        raise DataError(f"cannot predict for this input: {prediction['error']}")
+    target = task.explain_default_target(prediction) if target is None else str(target)
+    if target not in task.labels:
+        raise ConfigError(f"target {target!r} is not a label of this model; its labels: {', '.join(task.labels)}")
+    protected = task.explain_protected(text)
+    words, offsets = [], []
+    for word, (a, b) in zip(*split_words(text)):
+        if not any(a < pe and ps < b for ps, pe in protected):
+            words.append(word)
+            offsets.append((a, b))
+    if not words:
+        raise DataError(f"column {column!r}: no words to attribute in {text[:60]!r}")
+    return Subject(record, column, words, offsets, protected, target, float(task.explain_score(prediction, target)))
+
+
+def explain_record(model: Model, record: dict[str, Any], method: str = "ig", target: str | None = None,
+                   **options: Any) -> dict[str, Any]:
+    """One explanation: ``{"method", "target", "score", "column", "text", "words": [{"word", "start", "end",
+    "attribution"}], ...}`` (``ig`` adds ``convergence_delta``; words the model did not see, past its
+    ``max_length``, get ``attribution: None`` and a ``note``)."""
+    explainer = EXPLAINERS.get(method)
+    subject = subject_for(model, record, target)
+    result = explainer(model, subject, options)
+    values = result.pop("attributions")
+    words = [{"word": w, "start": a, "end": b, "attribution": None if v is None else round(float(v), 6)}
+             for w, (a, b), v in zip(subject.words, subject.offsets, values)]
+    return {"method": method, "target": subject.target, "score": round(subject.score, 6), "column": subject.column,
+            "text": subject.text, "words": words, **result}
+
+
+# ---- perturbation methods: through predict, any runtime -------------------------------------------------
+def _occlusion(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
+    n = len(subject.words)
+    records = [subject.keeping([j != i for j in range(n)]) for i in range(n)]
+    return {"attributions": subject.score - model.scores(subject, records)}
+
+
+def _lime(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
+    from captum.attr import Lime
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    n = len(subject.words)
+
+    def forward(mask: torch.Tensor) -> torch.Tensor:
+        rows = [subject.keeping([bool(v) for v in row]) for row in mask.tolist()]
+        return torch.as_tensor(model.scores(subject, rows), dtype=torch.float32)
+
+    torch.manual_seed(int(options.get("seed", 0)))
+    lime = Lime(forward, similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.75))
+    samples = int(options.get("samples", max(50, min(300, 8 * n))))
+    attributions = lime.attribute(torch.ones(1, n), baselines=torch.zeros(1, n), n_samples=samples,
+                                  perturbations_per_eval=min(samples, 64))
+    return {"attributions": attributions[0].tolist(), "samples": samples}
+
+
+# ---- gradient methods: the PyTorch model through the task's explain_inputs ------------------------------
+def _gradient_inputs(model: Model, subject: Subject, method: str) -> tuple[dict[str, torch.Tensor], Any, Any]:
+    if model.torch_model is None:
+        raise ConfigError(f"method {method!r} needs gradients, which this artifact's runtime does not give: explain "
+                          "the PyTorch artifact it was exported from, or use occlusion or lime")
+    batch, token_spans = model.task.explain_inputs(model.processor, subject.record, subject.column)
+    embeddings = model.torch_model.get_input_embeddings()
+    target = model.task.labels.index(subject.target)
+
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        extra = {"token_type_ids": rest[0]} if rest else {}
+        outputs = model.torch_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return model.task.explain_probs(outputs)[:, target]
+
+    return batch, token_spans, (forward, embeddings)
+
+
+def _to_words(subject: Subject, token_scores: torch.Tensor, token_spans: list[tuple[int, int] | None]) -> list:
+    """Sub-token scores summed into the words they overlap; a word no token covers (cut by max_length) is None."""
+    sums: list[float | None] = [None] * len(subject.words)
+    for score, span in zip(token_scores.tolist(), token_spans):
+        if span is None:
+            continue
+        for i, (a, b) in enumerate(subject.offsets):
+            if a < span[1] and span[0] < b:
+                sums[i] = (sums[i] or 0.0) + score
+    return sums
+
+
+def _note(values: list) -> dict[str, Any]:
+    missing = sum(v is None for v in values)
+    return {"note": f"{missing} words past the model's max_length were not seen by it"} if missing else {}
+
+
+def _args(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return tuple(batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch)
+
+
+def _ig(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
+    from captum.attr import LayerIntegratedGradients
+
+    batch, spans, (forward, embeddings) = _gradient_inputs(model, subject, "ig")
+    ids = batch["input_ids"]
+    # the baseline: every word's tokens padded, special tokens ([CLS], [SEP], markers) kept
+    baseline = ids.clone()
+    baseline[0, [i for i, s in enumerate(spans) if s is not None]] = model.processor.pad_token_id or 0
+    steps = int(options.get("steps", 32))
+    ig = LayerIntegratedGradients(forward, embeddings)
+    with torch.enable_grad():
+        attributions, delta = ig.attribute(ids, baselines=baseline, additional_forward_args=_args(batch)[1:],
+                                           n_steps=steps, internal_batch_size=steps, return_convergence_delta=True)
+    values = _to_words(subject, attributions.sum(-1)[0].detach(), spans)
+    return {"attributions": values, "convergence_delta": round(float(delta.abs().max()), 6), "steps": steps,
+            **_note(values)}
+
+
+def _gradxinput(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
+    from captum.attr import LayerGradientXActivation
+
+    batch, spans, (forward, embeddings) = _gradient_inputs(model, subject, "gradxinput")
+    with torch.enable_grad():
+        attributions = LayerGradientXActivation(forward, embeddings).attribute(
+            batch["input_ids"], additional_forward_args=_args(batch)[1:])
+    values = _to_words(subject, attributions.sum(-1)[0].detach(), spans)
+    return {"attributions": values, **_note(values)}
+
+
+def _attention(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
+    batch, spans, _ = _gradient_inputs(model, subject, "attention")
+    net = model.torch_model
+    before = net.config._attn_implementation
+    net.set_attn_implementation("eager")  # fused attention kernels do not return the weights
+    try:
+        with torch.no_grad():
+            attentions = net(**batch, output_attentions=True).attentions
+    finally:
+        net.set_attn_implementation(before)
+    size = attentions[0].shape[-1]
+    rollout = torch.eye(size)
+    for layer in attentions:  # heads averaged, the residual path added, rows renormalised, layers chained
+        mixed = 0.5 * layer[0].mean(0) + 0.5 * torch.eye(size)
+        rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
+    values = _to_words(subject, rollout[0], spans)
+    return {"attributions": values, **_note(values)}
+
+
+for _name, _fn in (("occlusion", _occlusion), ("lime", _lime), ("ig", _ig), ("gradxinput", _gradxinput),
+                   ("attention", _attention)):
+    EXPLAINERS.add(_name, _fn)
+
+
+# ---- faithfulness ---------------------------------------------------------------------------------------
+def faithfulness(model: Model, records: list[dict[str, Any]], methods: list[str], k: float = 0.2,
+                 random_draws: int = 3, seed: int = 0, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """ERASER comprehensiveness and sufficiency at ``k`` (a fraction of each input's words, at least one) for
+    each method, and for ``random_draws`` random choices of as many words; plus seconds per explanation.
+
+    Returns:
+        ``{"k", "examples", "methods": {name: {"comprehensiveness", "sufficiency", "seconds_per_example"}},
+        "random": {"comprehensiveness", "sufficiency"}}`` — means over the records.
+    """
+    import time
+
+    if not 0 < k < 1:
+        raise ConfigError(f"k: a fraction of the words between 0 and 1, got {k}")
+    rng = random.Random(seed)
+    sums: dict[str, dict[str, float]] = {m: {"comprehensiveness": 0.0, "sufficiency": 0.0, "seconds": 0.0}
+                                         for m in [*methods, "random"]}
+    for done, record in enumerate(records, 1):
+        subject = subject_for(model, record, None)
+        n = len(subject.words)
+        top = max(1, math.ceil(k * n))
+        choices: dict[str, list[list[int]]] = {"random": [rng.sample(range(n), top) for _ in range(random_draws)]}
+        for method in methods:
+            started = time.perf_counter()
+            values = EXPLAINERS.get(method)(model, subject, {})["attributions"]
+            sums[method]["seconds"] += time.perf_counter() - started
+            ranked = sorted((i for i in range(n) if values[i] is not None), key=lambda i: -values[i])
+            choices[method] = [ranked[:top]]
+        for name, picks in choices.items():
+            without = [subject.keeping([i not in set(p) for i in range(n)]) for p in picks]
+            only = [subject.keeping([i in set(p) for i in range(n)]) for p in picks]
+            scores = model.scores(subject, without + only)
+            sums[name]["comprehensiveness"] += subject.score - float(scores[: len(picks)].mean())
+            sums[name]["sufficiency"] += subject.score - float(scores[len(picks):].mean())
+        if progress:
+            progress(done)
+    count = max(1, len(records))
+    report = {m: {"comprehensiveness": round(v["comprehensiveness"] / count, 4),
+                  "sufficiency": round(v["sufficiency"] / count, 4),
+                  **({} if m == "random" else {"seconds_per_example": round(v["seconds"] / count, 4)})}
+              for m, v in sums.items()}
+    return {"k": k, "examples": len(records), "random": report.pop("random"), "methods": report}
+
+
+def explanation_html(explanations: list[dict[str, Any]], title: str = "tunelab explanation") -> str:
+    """A self-contained HTML page: each explained text as a heat map over its words (red: towards the target,
+    blue: against), with the target, its probability and the method."""
+    from html import escape
+
+    blocks = []
+    for e in explanations:
+        values = [w["attribution"] for w in e["words"] if w["attribution"] is not None]
+        scale = max((abs(v) for v in values), default=1.0) or 1.0
+        text, at, parts = e["text"], 0, []
+        for w in e["words"]:
+            parts.append(escape(text[at: w["start"]]))
+            v = w["attribution"]
+            colour = "transparent" if v is None else (
+                f"rgba(214,39,40,{abs(v) / scale:.2f})" if v > 0 else f"rgba(31,119,180,{abs(v) / scale:.2f})")
+            tip = "not seen by the model" if v is None else f"{v:+.4f}"
+            parts.append(f'<span class="w" style="background:{colour}" title="{tip}">{escape(w["word"])}</span>')
+            at = w["end"]
+        parts.append(escape(text[at:]))
+        extra = f" · convergence delta {e['convergence_delta']}" if "convergence_delta" in e else ""
+        note = f"<p class=note>{escape(e['note'])}</p>" if e.get("note") else ""
+        blocks.append(f"<section><h2>{escape(e['target'])} <small>p={e['score']:.3f} · {escape(e['method'])}{extra}"
+                      f"</small></h2><p class=text>{''.join(parts)}</p>{note}</section>")
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d2430}"
+            ".text{font-size:1.15rem;line-height:2}.w{padding:.1rem .15rem;border-radius:3px}small{color:#5a6474;"
+            "font-weight:normal}.note{color:#a4161a}</style></head><body><h1>" + escape(title) + "</h1>"
+            "<p>Red words raise the probability of the label, blue words lower it (hover for the value).</p>"
+            + "".join(blocks) + "</body></html>")
+
+
+__all__ = ["EXPLAINERS", "Model", "Subject", "explain_record", "explanation_html", "faithfulness", "register_explainer",
+           "subject_for"]
