@@ -140,3 +140,16 @@ def test_the_command_writes_json_lines_html_and_faithfulness(classifier: Path, t
     assert report["examples"] == 6 and set(report["methods"]) == {"occlusion"} and "comprehensiveness" in report["random"]
     assert main(["explain", str(classifier), "fine", "--target", "maybe"]) == 2
     assert "not a label of this model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zero_shot_classification_is_explained_over_the_input_not_the_template(tiny_llama: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "zs"), strategy="zero_shot",
+                      task={"name": "classification", "labels": ["neg", "pos"]},
+                      prompt={"template": "Review: {text}\nIs it {labels}?", "verbalizers": {"pos": "great", "neg": "bad"}})
+    predictor = tunelab.Predictor.load(run.artifact_dir)
+    explanation = predictor.explain("the film was great", method="occlusion")
+    assert [w["word"] for w in explanation["words"]] == ["the", "film", "was", "great"]  # no template words
+    assert explanation["score"] == pytest.approx(predictor.predict("the film was great")["scores"][explanation["target"]])
+    with pytest.raises(tunelab.ConfigError, match="gradient methods .* not available .*use occlusion or lime"):
+        predictor.explain("the film was great", method="ig")

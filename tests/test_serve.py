@@ -328,3 +328,18 @@ def test_sigterm_drains_before_stopping() -> None:
     server = draining_server(App, uvicorn.Config(App))
     server.handle_exit(signal.SIGTERM, None)
     assert calls == ["drain"] and server.should_exit
+
+
+def test_explain_endpoint_gives_word_attributions_and_named_errors(classifier: Path) -> None:
+    with client(classifier) as api:
+        reply = api.post("/v1/models/sentiment/explain", json={"input": "the film was great", "method": "occlusion"})
+        body = reply.json()["explanation"]
+        assert reply.status_code == 200 and [w["word"] for w in body["words"]] == ["the", "film", "was", "great"]
+        direct = tunelab.Predictor.load(classifier).explain("the film was great", method="occlusion")
+        assert [w["attribution"] for w in body["words"]] == pytest.approx([w["attribution"] for w in direct["words"]],
+                                                                         abs=1e-5)
+        bad = api.post("/v1/models/sentiment/explain", json={"input": "fine", "method": "occlusion", "target": "maybe"})
+        assert bad.status_code == 422 and bad.json()["field"] == "input" and "not a label" in bad.json()["error"]
+        unknown = api.post("/v1/models/sentiment/explain", json={"input": "fine", "method": "shap"})
+        assert unknown.status_code == 422 and "unknown explainer" in unknown.json()["error"]
+        assert "/v1/models/sentiment/explain" in api.get("/openapi.json").json()["paths"]

@@ -153,6 +153,13 @@ def test_classification_shows_label_bars_and_the_model_card_under_the_page_polic
     page.press("#fields textarea", "Control+Enter")
     page.wait_for_selector("#status:text-is('Done.')")
     page.wait_for_selector(".bars li.chosen")
+    # the explanation: a heat map over the words, by the method picked
+    page.select_option("#method", "occlusion")
+    page.click("#explain")
+    page.wait_for_selector(".explanation .heat")
+    assert page.eval_on_selector_all(".explanation .heat", "spans => spans.map(s => s.textContent)") == [
+        "a", "dull", "meal"]
+    assert "by occlusion" in page.inner_text(".explanation")
     shot = Path(os.environ.get("TUNELAB_SCREENSHOT") or tmp_path / "page.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

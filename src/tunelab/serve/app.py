@@ -26,7 +26,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..adapters import BasePool
-from ..errors import ConfigError, TunelabError
+from ..errors import ConfigError, DataError, TunelabError
 from ..predictor import Predictor
 from .keys import Key, KeyStore
 from .microbatch import MicroBatcher
@@ -314,6 +314,8 @@ def create_app(settings: ServeSettings, predictors: dict[str, Predictor] | None 
 
     def add_routes(model: Served) -> None:
         _add_predict_route(app, model, settings, authorize, metrics)
+        if not model.predictor.task.streams:
+            _add_explain_route(app, model, settings, authorize, metrics)
         if model.predictor.task.streams:
             _add_generate_route(app, model, settings, authorize, metrics)
         # the catch-all for unknown names must stay after every model's own routes
@@ -434,6 +436,37 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
     predict.__doc__ = f"Predict with {model.name!r} ({model.predictor.task.name})."
     app.post(f"/v1/models/{model.name}/predict", response_model=Reply, name=f"predict_{model.name}",
              tags=[model.name])(predict)
+
+
+class ExplainRequest(BaseModel):
+    """``POST /v1/models/<name>/explain``: which words of one input led to the prediction."""
+
+    input: Union[str, dict[str, Any]]
+    method: str = Field("ig", description="ig, gradxinput, attention, occlusion or lime")
+    target: Optional[str] = Field(None, description="the label to explain (default: the predicted one)")
+
+
+def _add_explain_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
+    """``POST /v1/models/<name>/explain``: the attribution of each word, run in the model's own thread."""
+
+    async def explain(body: ExplainRequest, request: Request) -> Any:
+        authorize(request, model.name)
+        record = _record(model, body.input, settings)
+
+        def work() -> list[dict[str, Any]]:
+            try:
+                return [model.predictor.explain([record], method=body.method, target=body.target)[0]]
+            except (ConfigError, DataError) as err:
+                return [{"error": str(err)}]
+
+        loop = asyncio.get_running_loop()
+        (result,) = await _run(model, [record], settings, request.state.request_id, "input",
+                               call=lambda: loop.run_in_executor(model.batcher.executor, work))
+        metrics.requests.labels(model.name, "200").inc()
+        return {"model": model.name, "explanation": result}
+
+    explain.__doc__ = f"Explain a prediction of {model.name!r}: the attribution of each word of the input."
+    app.post(f"/v1/models/{model.name}/explain", name=f"explain_{model.name}", tags=[model.name])(explain)
 
 
 class LoadRequest(BaseModel):

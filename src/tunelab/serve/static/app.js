@@ -99,6 +99,7 @@ async function chooseModel(name) {
   $("relation-tools").hidden = view(model) !== "relation";
   if (view(model) === "relation") $("in-" + fields[0]).placeholder = "The <e1>company</e1> fabricates plastic <e2>chairs</e2>.";
   $("run").textContent = model.streams ? "Generate" : "Predict";
+  $("explain-tools").hidden = model.streams || !["labels", "relation"].includes(view(model));
   $("run").disabled = false;
   $("result").replaceChildren();
   await showCard(model);
@@ -278,6 +279,56 @@ async function run(event) {
   }
 }
 
+function heatmap(explanation) {
+  // the text with each word shaded by its attribution: red towards the label, blue against
+  const values = explanation.words.map((w) => w.attribution).filter((v) => v !== null);
+  const scale = Math.max(...values.map(Math.abs), 1e-9);
+  const text = explanation.text;
+  const out = el("p", { class: "marked", "aria-label": "words shaded by how much they led to " + explanation.target });
+  let at = 0;
+  for (const w of explanation.words) {
+    out.append(text.slice(at, w.start));
+    const span = el("span", { class: "heat", title: w.attribution === null ? "not seen by the model" : (w.attribution > 0 ? "+" : "") + w.attribution.toFixed(4) }, w.word);
+    if (w.attribution !== null) {
+      const alpha = (Math.abs(w.attribution) / scale).toFixed(2);
+      span.style.background = w.attribution > 0 ? "rgba(214, 39, 40, " + alpha + ")" : "rgba(31, 119, 180, " + alpha + ")";
+    }
+    out.append(span);
+    at = w.end;
+  }
+  out.append(text.slice(at));
+  const top = [...explanation.words].filter((w) => w.attribution !== null).sort((a, b) => b.attribution - a.attribution).slice(0, 3);
+  const delta = explanation.convergence_delta !== undefined ? " · convergence delta " + explanation.convergence_delta : "";
+  return el("div", { class: "explanation" },
+    el("p", { class: "help", text: "Why " + explanation.target + " (" + (explanation.score * 100).toFixed(1) + "%), by " + explanation.method + delta + ": red words raise it, blue words lower it." }),
+    out,
+    el("p", { class: "help", text: "Strongest: " + top.map((w) => w.word).join(", ") }),
+    explanation.note ? el("p", { class: "error", text: explanation.note }) : null);
+}
+
+async function explain() {
+  const model = state.model;
+  if (!model || state.busy) return;
+  let input;
+  try { input = readInput(model); } catch (error) { setStatus(error.message, "error"); return; }
+  state.busy = true;
+  $("explain").disabled = true;
+  setStatus("Explaining…");
+  try {
+    const response = await api("/v1/models/" + encodeURIComponent(model.name) + "/explain",
+      { method: "POST", headers: headers(true), body: JSON.stringify({ input: input, method: $("method").value }) });
+    const old = $("result").querySelector(".explanation");
+    if (old) old.remove();
+    $("result").append(heatmap((await response.json()).explanation));
+    setStatus("Done.");
+  } catch (error) {
+    setStatus("Error: " + error.message, "error");
+  } finally {
+    state.busy = false;
+    $("explain").disabled = false;
+  }
+}
+
 function markSelection(name) {
   // wrap the selected part of the relation text box in <e1>…</e1> (or e2), replacing an earlier mark
   const box = $("fields").querySelector("textarea");
@@ -303,6 +354,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("predict-form").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) run(event);  // Ctrl+Enter runs
   });
+  $("explain").addEventListener("click", explain);
   $("mark-e1").addEventListener("click", () => markSelection("e1"));
   $("mark-e2").addEventListener("click", () => markSelection("e2"));
   loadModels();
