@@ -59,6 +59,7 @@ class Subject:
 
     @property
     def text(self) -> str:
+        """The explained column's text."""
         return str(self.record[self.column])
 
     def keeping(self, keep: list[bool]) -> dict[str, Any]:
