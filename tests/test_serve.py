@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,25 @@ def client(classifier: Path, keys: KeyStore | None = None, **settings) -> TestCl
     predictor = tunelab.Predictor.load(classifier)
     app = create_app(ServeSettings(**settings), {"sentiment": predictor}, keys or KeyStore([]))
     return TestClient(app, raise_server_exceptions=False)
+
+
+@contextmanager
+def slowed(api: TestClient, seconds: float):
+    """The served model takes ``seconds`` longer per call while the block runs."""
+    import time
+
+    predictor = api.app.state.served["sentiment"].predictor
+    original = predictor.predict
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    predictor.predict = slow
+    try:
+        yield
+    finally:
+        predictor.predict = original
 
 
 def test_predict_models_schema_and_health(classifier: Path) -> None:
@@ -257,17 +277,9 @@ def test_a_slow_model_times_out_with_504_and_the_next_request_is_served(classifi
     import time
 
     with client(classifier, timeout_s=0.2) as api:
-        served = api.app.state.served["sentiment"]
-        original = served.predictor.predict
-
-        def slow(*args, **kwargs):
-            time.sleep(0.6)
-            return original(*args, **kwargs)
-
-        served.predictor.predict = slow
-        late = api.post("/v1/models/sentiment/predict", json={"inputs": "a"})
+        with slowed(api, 0.6):
+            late = api.post("/v1/models/sentiment/predict", json={"inputs": "a"})
         assert late.status_code == 504 and "0.2 s" in late.json()["error"]
-        served.predictor.predict = original
         time.sleep(0.5)  # the slow call finishes in its thread; the batcher is free again
         assert api.post("/v1/models/sentiment/predict", json={"inputs": "a"}).status_code == 200
 
@@ -290,15 +302,7 @@ def test_draining_finishes_requests_in_flight_and_turns_new_ones_away(classifier
     import threading
     import time
 
-    with client(classifier) as api:
-        served = api.app.state.served["sentiment"]
-        original = served.predictor.predict
-
-        def slow(*args, **kwargs):
-            time.sleep(1.0)
-            return original(*args, **kwargs)
-
-        served.predictor.predict = slow
+    with client(classifier) as api, slowed(api, 1.0):
         replies: list = []
         in_flight = threading.Thread(target=lambda: replies.append(
             api.post("/v1/models/sentiment/predict", json={"inputs": "the film was great"})))

@@ -260,23 +260,30 @@ async function generate(model, input) {
   setStatus("Done.");
 }
 
-async function run(event) {
-  event.preventDefault();
+async function busy(button, message, work) {
+  // one request at a time: read the input, disable the button, report errors in the status line
   const model = state.model;
   if (!model || state.busy) return;
   let input;
   try { input = readInput(model); } catch (error) { setStatus(error.message, "error"); return; }
   state.busy = true;
-  $("run").disabled = true;
-  setStatus(model.streams ? "Generating…" : "Predicting…");
+  button.disabled = true;
+  setStatus(message);
   try {
-    await (model.streams ? generate(model, input) : predict(model, input));
+    await work(model, input);
   } catch (error) {
     setStatus((error.status === 401 ? "The API key was rejected: " : "Error: ") + error.message, "error");
   } finally {
     state.busy = false;
-    $("run").disabled = false;
+    button.disabled = false;
   }
+}
+
+function run(event) {
+  event.preventDefault();
+  const streams = state.model && state.model.streams;
+  return busy($("run"), streams ? "Generating…" : "Predicting…", (model, input) =>
+    (model.streams ? generate(model, input) : predict(model, input)));
 }
 
 function heatmap(explanation) {
@@ -306,27 +313,15 @@ function heatmap(explanation) {
     explanation.note ? el("p", { class: "error", text: explanation.note }) : null);
 }
 
-async function explain() {
-  const model = state.model;
-  if (!model || state.busy) return;
-  let input;
-  try { input = readInput(model); } catch (error) { setStatus(error.message, "error"); return; }
-  state.busy = true;
-  $("explain").disabled = true;
-  setStatus("Explaining…");
-  try {
+function explain() {
+  return busy($("explain"), "Explaining…", async (model, input) => {
     const response = await api("/v1/models/" + encodeURIComponent(model.name) + "/explain",
       { method: "POST", headers: headers(true), body: JSON.stringify({ input: input, method: $("method").value }) });
     const old = $("result").querySelector(".explanation");
     if (old) old.remove();
     $("result").append(heatmap((await response.json()).explanation));
     setStatus("Done.");
-  } catch (error) {
-    setStatus("Error: " + error.message, "error");
-  } finally {
-    state.busy = false;
-    $("explain").disabled = false;
-  }
+  });
 }
 
 function markSelection(name) {
