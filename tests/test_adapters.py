@@ -83,3 +83,21 @@ def test_the_server_shares_bases_and_unloads_one_adapter_at_a_time(adapters: lis
         assert api.delete("/v1/admin/models/a", headers=auth).status_code == 200
         got = api.post("/v1/models/c/predict", json={"inputs": TEXTS}, headers=auth).json()["predictions"]
         assert same(got, want["c"])
+
+
+def test_a_tampered_adapter_is_refused_before_it_joins_a_shared_base(adapters: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(adapters[1], copy)
+    weights = next((copy / "model").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    pool = BasePool()
+    first = tunelab.Predictor.load(adapters[0], pool=pool)
+    with pytest.raises(tunelab.ArtifactError, match="sha256"):
+        tunelab.Predictor.load(copy, pool=pool)
+    assert list(first.model.peft_config) == [first.adapter.name]  # nothing of it was loaded onto the base
+    assert same(first.predict(TEXTS), tunelab.Predictor.load(adapters[0]).predict(TEXTS))
+

@@ -78,6 +78,10 @@ def test_bad_requests_are_named(classifier: Path, tmp_path: Path) -> None:
         predictor.explain("the film was great", method="shap")
     with pytest.raises(tunelab.DataError, match="empty text"):
         predictor.explain([{"text": "  "}], method="occlusion")
+    with pytest.raises(tunelab.DataError, match="column 'text' is missing.*'review'"):
+        predictor.explain([{"review": "the film was great"}], method="occlusion")
+    with pytest.raises(tunelab.ConfigError, match="k: a fraction"):
+        faithfulness(predictor.explain_model(), [{"text": "fine"}], ["occlusion"], k=1.5)
     register_explainer("first_word", lambda model, subject, options: {
         "attributions": [1.0] + [0.0] * (len(subject.words) - 1)}, replace=True)
     assert predictor.explain("a dull meal", method="first_word")["words"][0]["attribution"] == 1.0
@@ -140,6 +144,8 @@ def test_the_command_writes_json_lines_html_and_faithfulness(classifier: Path, t
     assert report["examples"] == 6 and set(report["methods"]) == {"occlusion"} and "comprehensiveness" in report["random"]
     assert main(["explain", str(classifier), "fine", "--target", "maybe"]) == 2
     assert "not a label of this model" in capsys.readouterr().err
+    assert main(["explain", str(classifier), "fine", "--html", str(tmp_path / "no" / "such" / "x.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 @pytest.mark.slow

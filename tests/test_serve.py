@@ -347,3 +347,7 @@ def test_explain_endpoint_gives_word_attributions_and_named_errors(classifier: P
         unknown = api.post("/v1/models/sentiment/explain", json={"input": "fine", "method": "shap"})
         assert unknown.status_code == 422 and "unknown explainer" in unknown.json()["error"]
         assert "/v1/models/sentiment/explain" in api.get("/openapi.json").json()["paths"]
+        long = api.post("/v1/models/sentiment/explain", json={"input": "x" * 20_001, "method": "occlusion"})
+        assert long.status_code == 413 and long.json()["field"] == "input"
+        missing = api.post("/v1/models/sentiment/explain", json={"input": {"review": "fine"}, "method": "occlusion"})
+        assert missing.status_code == 422 and "column 'text' is missing" in missing.json()["error"]

@@ -281,6 +281,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .progress import progress
 
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        raise InputError(f"--html {args.html}: the folder {Path(args.html).resolve().parent} does not exist")
     predictor = Predictor.load(args.artifact, threads=args.threads)
     args.chunk = 1 << 30  # explanations are few: one chunk
     chunks, _ = _predict_chunks(args, predictor, 0)

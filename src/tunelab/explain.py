@@ -110,7 +110,10 @@ def subject_for(model: Model, record: dict[str, Any], target: str | None) -> Sub
     """The Subject for one record: its words, and the target (default: the predicted label), checked."""
     task = model.task
     column = task.explain_column(record)
-    text = record.get(column)
+    if column not in record:
+        raise DataError(f"column {column!r} is missing: the model reads its text from there "
+                        f"(the input has {', '.join(map(repr, record)) or 'no columns'})")
+    text = record[column]
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"column {column!r}: an empty text has nothing to explain")
     (prediction,) = model.predict([record])

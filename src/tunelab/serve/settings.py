@@ -28,8 +28,8 @@ class ServeSettings(BaseModel):
         max_batch_size: the most inputs one model call takes (1: no micro-batching).
         max_wait_ms: how long a request may wait for others to share its batch.
         model_batch_size: inputs per forward pass within a micro-batch: it is sorted by length and run in chunks
-            of this size, so short inputs are not padded to the longest (8 ran 1.9x faster than one padded
-            chunk of 32 on SST-2 sentences, ``bench/serve_load.py``'s ``model_ceiling``).
+            of this size, so short inputs are not padded to the longest (chunks of 8 ran 1.58x faster than one
+            padded pass of 32 on SST-2 sentences: ``model_ceiling`` in ``bench/results/serve.json``).
         max_inputs: inputs per request.
         max_chars: characters per input text.
         max_body_bytes: request body size.
