@@ -416,11 +416,8 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
                 raise ServeError(422, "inputs: give at least one input", "inputs")
             if len(items) > settings.max_inputs:
                 raise ServeError(413, f"inputs: {len(items)} inputs, more than the limit of {settings.max_inputs}", "inputs")
-            task = model.predictor.task
-            rows = [task.input_row(item) if isinstance(item, str) else item.model_dump() for item in items]
-            for at, row in enumerate(rows):
-                if any(isinstance(v, str) and len(v) > settings.max_chars for v in row.values()):
-                    raise ServeError(413, f"inputs[{at}]: longer than {settings.max_chars} characters", f"inputs[{at}]")
+            rows = [_record(model, item if isinstance(item, str) else item.model_dump(), settings, f"inputs[{at}]")
+                    for at, item in enumerate(items)]
             if settings.log_inputs:
                 log.info("model %s inputs %s", model.name, json.dumps(rows)[:2000])
             results = await _run(model, rows, settings, request.state.request_id, "inputs[{}]")
@@ -564,11 +561,12 @@ def _sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSettings) -> dict[str, Any]:
-    """A request's input as the task's record, within the character limit."""
+def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSettings,
+            field: str = "input") -> dict[str, Any]:
+    """A request's input as the task's record, within the character limit (413 naming ``field``)."""
     row = model.predictor.task.input_row(value) if isinstance(value, str) else dict(value)
     if any(isinstance(v, str) and len(v) > settings.max_chars for v in row.values()):
-        raise ServeError(413, f"input: longer than {settings.max_chars} characters", "input")
+        raise ServeError(413, f"{field}: longer than {settings.max_chars} characters", field)
     return row
 
 
