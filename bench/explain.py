@@ -24,25 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reliability_png(before: list, after: list, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
-    for bins, name in ((before, "as trained"), (after, "temperature scaled")):
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title("SST-2 dev reliability")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--artifact", type=Path, default=Path("/tmp/tunelab-bench-inference/sst2/artifact"))
@@ -56,9 +37,10 @@ def main() -> None:
     import numpy as np
 
     import tunelab
-    from tunelab.calibration import expected_calibration_error, fit_temperature, reliability, scaled
+    from tunelab.calibration import cross_fitted, expected_calibration_error, reliability
     from tunelab.data import read_records
     from tunelab.explain import faithfulness
+    from tunelab.plots import reliability_png
 
     predictor = tunelab.Predictor.load(args.artifact)
     dev = read_records(args.data_dir / "sst2" / "dev.tsv", format="tsv").rows
@@ -73,14 +55,9 @@ def main() -> None:
     predictions = predictor.predict([{"sentence": r["sentence"]} for r in dev])
     dev_probs = np.array([[p["scores"][name] for name in labels] for p in predictions])
     dev_gold = np.array([labels.index(str(r["label"])) for r in dev])
-    halves = [np.arange(len(dev)) % 2 == 0, np.arange(len(dev)) % 2 == 1]
-    after = dev_probs.copy()
-    temperatures = []
-    for fit_on, apply_to in (halves, halves[::-1]):
-        temperatures.append(fit_temperature(dev_probs[fit_on], dev_gold[fit_on]))
-        after[apply_to] = scaled(dev_probs[apply_to], temperatures[-1])
+    after, temperatures = cross_fitted(dev_probs, dev_gold)
     reliability_png(reliability(dev_probs, dev_gold), reliability(after, dev_gold),
-                    args.out.with_name("explain_reliability.png"))
+                    args.out.with_name("explain_reliability.png"), title="SST-2 dev reliability")
     report.update(ece_before=round(expected_calibration_error(dev_probs, dev_gold), 4),
                   ece_after=round(expected_calibration_error(after, dev_gold), 4),
                   temperature=[round(t, 3) for t in temperatures],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -174,3 +175,25 @@ def live_server(args: list[str], wait_s: float = 120.0) -> Iterator[tuple[str, s
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
         server.output = server.communicate(timeout=60)[0]
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (``/usr/bin/chromium`` is a shell wrapper; Playwright needs the binary itself)."""
+    for candidate in (os.environ.get("TUNELAB_CHROMIUM"), "/usr/lib/chromium/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no Chromium found: `apt-get install -y chromium` (make test installs it when it can), "
+                    "or set TUNELAB_CHROMIUM to a Chromium binary")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        browser.close()

@@ -19,7 +19,7 @@ LAYERS = [
     {"tasks"},
     {"methods", "train", "adapters", "explain"},
     {"predictor"},
-    {"strategies"},
+    {"strategies", "analysis"},
     {"api", "export", "export_check", "export_genai", "compress", "serve"},
     {"cli", "demo", "__main__"},
     {""},  # the package itself: tunelab/__init__.py

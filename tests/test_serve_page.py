@@ -9,7 +9,6 @@ why. Set ``TUNELAB_SCREENSHOT=path.png`` to keep the page's screenshot (the READ
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,28 +20,6 @@ from tunelab.serve import new_key
 from conftest import live_server, sentiment_rows, tiny_config, toy_qa, toy_relations, toy_sentences
 
 pytestmark = pytest.mark.slow
-
-
-def chromium_path() -> str | None:
-    """Debian's Chromium (``/usr/bin/chromium`` is a shell wrapper; Playwright needs the binary itself)."""
-    for candidate in (os.environ.get("TUNELAB_CHROMIUM"), "/usr/lib/chromium/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("no Chromium found: `apt-get install -y chromium` (make test installs it when it can), "
-                    "or set TUNELAB_CHROMIUM to a Chromium binary")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from .version import __version__
 apply_offline_default()  # before transformers/huggingface_hub are imported anywhere
 
 from . import registry  # noqa: E402
+from .analysis import analyze  # noqa: E402
 from .api import Run, evaluate, fit, summary  # noqa: E402
 from .compress import compress  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
@@ -54,6 +55,7 @@ __all__ = [
     "TrainingError",
     "TunelabError",
     "__version__",
+    "analyze",
     "compress",
     "evaluate",
     "export",

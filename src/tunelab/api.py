@@ -170,6 +170,8 @@ def save(job: FitJob, fitted: Fitted) -> Run:
                             plots / "training_curves.png")
         if fitted.validation:
             fitted.task.plots(fitted.validation, plots)
+        if cfg.train.report:
+            write_report(fitted, manifest, staging / "report")
 
     try:
         artifact_dir = write_artifact(run_dir / "artifact", manifest, write_parts, size_hint=fitted.size_hint)
@@ -179,6 +181,8 @@ def save(job: FitJob, fitted: Fitted) -> Run:
                                           "train.resume=true" if kept else
                                           "Set train.checkpoint_every to keep resumable checkpoints")) from None
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # the run finished: its resumable checkpoint is done
+    if (artifact_dir / "report" / "report.html").is_file():
+        print(f"report: {artifact_dir / 'report' / 'report.html'}", file=sys.stderr)
     live = Predictor(fitted.model, fitted.processor, fitted.task, read_manifest(artifact_dir), artifact_dir)
     return Run(artifact_dir, fitted.validation, fitted.test, fitted.train, fitted.parameters,
                sorted((artifact_dir / "plots").glob("*.png")), live)
@@ -192,6 +196,18 @@ def evaluate(artifact: str | Path, data: Any) -> dict[str, Any]:
         data: labelled records (file, DataFrame, list of dicts).
     """
     return Predictor.load(artifact).evaluate(data)
+
+
+def write_report(fitted: Fitted, manifest: dict[str, Any], folder: Path) -> None:
+    """``train.report``: the error analysis of the run's validation records, written into ``folder``."""
+    from .analysis import analyze
+
+    if fitted.validation_records is None or not len(fitted.validation_records):
+        print("note: train.report: no validation records, so no report", file=sys.stderr)
+        return
+    print(f"train.report: analysing the {len(fitted.validation_records)} validation records", file=sys.stderr)
+    predictor = Predictor(fitted.model, fitted.processor, fitted.task, manifest)
+    analyze(predictor, fitted.validation_records, out=folder, quiet=True)
 
 
 def summary(run: Run) -> str:

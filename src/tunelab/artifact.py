@@ -130,6 +130,25 @@ def write_artifact(target: Path, manifest: dict[str, Any], write_parts: Callable
     return target
 
 
+def update_task_state(artifact_dir: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``changes`` into the artifact's stored task state (e.g. a fitted temperature), replacing the
+    manifest atomically: a reader sees the old manifest or the new one, never half of one. Returns the new
+    manifest."""
+    manifest = read_manifest(artifact_dir, verify=False)
+    manifest["task"]["state"] = {**manifest["task"].get("state", {}), **changes}
+    path = artifact_dir / MANIFEST
+    staging = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    try:
+        staging.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        with open(staging, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except OSError as err:
+        staging.unlink(missing_ok=True)
+        raise disk_error(err, f"updating {path}", artifact_dir, None) from None
+    return manifest
+
+
 def read_created(artifact_dir: Path) -> str:
     """When the artifact at ``artifact_dir`` was written (its manifest's ``created``), for messages."""
     try:

@@ -311,6 +311,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """``tunelab analyze ARTIFACT DATA [--out DIR] [--html FILE]``: the error analysis report (JSON, PNGs, HTML);
+    prints the metrics and where the report is."""
+    from .analysis import DEFAULT_SLICES, analyze, artifact_name
+    from .data import read_records
+    from .metrics import scalar_metrics
+    from .predictor import Predictor
+
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        raise InputError(f"--html {args.html}: the folder {Path(args.html).resolve().parent} does not exist")
+    records = read_records(_existing(args.data, "data"), format=args.format, encoding=args.encoding)
+    predictor = Predictor.load(args.artifact, threads=args.threads)
+    out = Path(args.out) if args.out else Path(f"{artifact_name(predictor)}-analysis")
+    slices = list(DEFAULT_SLICES) + list(args.slice or [])
+    maps = None if args.maps is None else [m.strip() for m in args.maps.split(",") if m.strip()]
+    result = analyze(predictor, records, out=out, html=args.html, slices=slices, maps=maps, hardest=args.hardest,
+                     explain=None if args.explain == "none" else args.explain, calibrate=args.calibrate,
+                     limit=args.limit)
+    for key, value in scalar_metrics(result["metrics"]).items():
+        print(f"{key:>18}  {value:.4f}")
+    calibration = result.get("calibration")
+    if calibration:
+        print(f"{'ECE':>18}  {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} temperature scaled "
+              f"(T={calibration['temperature']:.3f}{', stored' if args.calibrate else ''})")
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"report: {result['files']['report']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -414,6 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="ig,gradxinput,attention,occlusion,lime", help="with --faithfulness")
     p.add_argument("--k", type=float, default=0.2, help="with --faithfulness: the fraction of words removed or kept")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("analyze", help="error analysis on labelled data: metrics, maps of the data, calibration, "
+                       "slices, the task's breakdowns and the hardest examples explained, as an offline HTML report",
+                       parents=[common, reading])
+    p.add_argument("artifact", help="artifact or run directory")
+    p.add_argument("data", help="labelled records (the training columns)")
+    p.add_argument("--out", help="folder for analysis.json, the PNGs and report.html (default: ARTIFACT-analysis)")
+    p.add_argument("--html", help="write the HTML report here instead of OUT/report.html")
+    p.add_argument("--slice", action="append", metavar="SPEC", help="another slice: column:NAME or regex:NAME=PATTERN "
+                   "(repeatable; length, negation, numbers and label are always there)")
+    p.add_argument("--maps", help="projections, comma-separated: pca, tsne, umap (default: those installed)")
+    p.add_argument("--hardest", type=int, default=10, help="how many highest-loss examples to show explained (default 10)")
+    p.add_argument("--explain", default="auto", help="method for them: auto (ig, or occlusion for an export), "
+                   "ig, gradxinput, attention, occlusion, lime, none")
+    p.add_argument("--calibrate", action="store_true", help="store the temperature fitted on DATA in the artifact "
+                   "(classification, relation): its scores then mean what they say")
+    p.add_argument("--limit", type=_positive, help="analyse a seeded random sample of this many records")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("export", help="export an artifact for fast prediction: ONNX (encoders, optionally int8) or "
                        "the ONNX Runtime GenAI engine (causal LMs, int8 by default)", parents=[common])

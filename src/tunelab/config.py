@@ -112,6 +112,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     stuck_patience: int = Field(200, ge=10, description="steps of exactly unchanged loss before stopping")
     track: Literal["none", "tensorboard", "mlflow"] = Field("none", description="opt-in experiment tracking")
+    report: bool = Field(False, description="write the error-analysis report of the validation set (tunelab analyze) "
+                         "into the artifact's report/ folder")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
 
 

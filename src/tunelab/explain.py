@@ -308,6 +308,29 @@ def faithfulness(model: Model, records: list[dict[str, Any]], methods: list[str]
     return {"k": k, "examples": len(records), "random": report.pop("random"), "methods": report}
 
 
+def heatmap_html(explanation: dict[str, Any]) -> str:
+    """One explanation as HTML: its text with each word's background red (towards the target) or blue
+    (against), in proportion to its attribution; hover shows the value. Everything is escaped."""
+    from html import escape
+
+    values = [w["attribution"] for w in explanation["words"] if w["attribution"] is not None]
+    scale = max((abs(v) for v in values), default=1.0) or 1.0
+    text, at, parts = explanation["text"], 0, []
+    for w in explanation["words"]:
+        parts.append(escape(text[at: w["start"]]))
+        v = w["attribution"]
+        colour = "transparent" if v is None else (
+            f"rgba(214,39,40,{abs(v) / scale:.2f})" if v > 0 else f"rgba(31,119,180,{abs(v) / scale:.2f})")
+        tip = "not seen by the model" if v is None else f"{v:+.4f}"
+        parts.append(f'<span class="w" style="background:{colour}" title="{tip}">{escape(w["word"])}</span>')
+        at = w["end"]
+    parts.append(escape(text[at:]))
+    return f"<p class=text>{''.join(parts)}</p>"
+
+
+HEATMAP_CSS = ".text{font-size:1.1rem;line-height:2}.w{padding:.1rem .15rem;border-radius:3px}"
+
+
 def explanation_html(explanations: list[dict[str, Any]], title: str = "tunelab explanation") -> str:
     """A self-contained HTML page: each explained text as a heat map over its words (red: towards the target,
     blue: against), with the target, its probability and the method."""
@@ -315,29 +338,16 @@ def explanation_html(explanations: list[dict[str, Any]], title: str = "tunelab e
 
     blocks = []
     for e in explanations:
-        values = [w["attribution"] for w in e["words"] if w["attribution"] is not None]
-        scale = max((abs(v) for v in values), default=1.0) or 1.0
-        text, at, parts = e["text"], 0, []
-        for w in e["words"]:
-            parts.append(escape(text[at: w["start"]]))
-            v = w["attribution"]
-            colour = "transparent" if v is None else (
-                f"rgba(214,39,40,{abs(v) / scale:.2f})" if v > 0 else f"rgba(31,119,180,{abs(v) / scale:.2f})")
-            tip = "not seen by the model" if v is None else f"{v:+.4f}"
-            parts.append(f'<span class="w" style="background:{colour}" title="{tip}">{escape(w["word"])}</span>')
-            at = w["end"]
-        parts.append(escape(text[at:]))
         extra = f" · convergence delta {e['convergence_delta']}" if "convergence_delta" in e else ""
         note = f"<p class=note>{escape(e['note'])}</p>" if e.get("note") else ""
         blocks.append(f"<section><h2>{escape(e['target'])} <small>p={e['score']:.3f} · {escape(e['method'])}{extra}"
-                      f"</small></h2><p class=text>{''.join(parts)}</p>{note}</section>")
+                      f"</small></h2>{heatmap_html(e)}{note}</section>")
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1d2430}"
-            ".text{font-size:1.15rem;line-height:2}.w{padding:.1rem .15rem;border-radius:3px}small{color:#5a6474;"
-            "font-weight:normal}.note{color:#a4161a}</style></head><body><h1>" + escape(title) + "</h1>"
-            "<p>Red words raise the probability of the label, blue words lower it (hover for the value).</p>"
-            + "".join(blocks) + "</body></html>")
+            + HEATMAP_CSS + "small{color:#5a6474;font-weight:normal}.note{color:#a4161a}</style></head><body><h1>"
+            + escape(title) + "</h1><p>Red words raise the probability of the label, blue words lower it "
+            "(hover for the value).</p>" + "".join(blocks) + "</body></html>")
 
 
-__all__ = ["EXPLAINERS", "Model", "Subject", "explain_record", "explanation_html", "faithfulness", "register_explainer",
-           "subject_for"]
+__all__ = ["EXPLAINERS", "HEATMAP_CSS", "Model", "Subject", "explain_record", "explanation_html", "faithfulness",
+           "heatmap_html", "register_explainer", "subject_for"]

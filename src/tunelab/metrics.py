@@ -115,24 +115,35 @@ class _CharTokenizer:
         return [c for c in text if not c.isspace()]
 
 
-def generation_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, Any]:
-    """ROUGE-1/2/L F-measure (rouge-score; best over the references), corpus BLEU and chrF (sacrebleu),
-    as percentages. Chinese text is scored on characters."""
-    import sacrebleu
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_each(predictions: list[str], references: list[list[str]]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each prediction (best over its references), as percentages; Chinese text
+    is scored on characters."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     chinese = is_chinese([r[0] for r in references])
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=not chinese,
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=not chinese,
                                       tokenizer=_CharTokenizer() if chinese else None)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    out = []
     for pred, refs in zip(predictions, references):
         scores = scorer.score_multi(refs, pred)
-        for key in totals:
-            totals[key] += scores[key].fmeasure
+        out.append({k: 100.0 * scores[k].fmeasure for k in ROUGE_KEYS})
+    return out
+
+
+def generation_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, Any]:
+    """ROUGE-1/2/L F-measure (rouge-score; best over the references), corpus BLEU and chrF (sacrebleu),
+    as percentages. Chinese text is scored on characters."""
+    import sacrebleu
+
+    each = rouge_each(predictions, references)
+    chinese = is_chinese([r[0] for r in references])
     n = max(1, len(predictions))
-    out: dict[str, Any] = {k: 100.0 * v / n for k, v in totals.items()}
+    out: dict[str, Any] = {k: sum(e[k] for e in each) / n for k in ROUGE_KEYS}
     # sacrebleu wants one stream per reference position; pad missing references with the first one.
     width = max(len(r) for r in references) if references else 1
     streams = [[r[j] if j < len(r) else r[0] for r in references] for j in range(width)]
@@ -159,3 +170,22 @@ def span_metrics(gold: list[set[tuple[str, int, int]]], pred: list[set[tuple[str
         p = [{x for x in s if x[0] == kind} for s in pred]
         out["per_type"][kind] = prf(sum(len(a & b) for a, b in zip(g, p)), sum(map(len, p)), sum(map(len, g)))
     return out
+
+
+def length_buckets(lengths: Sequence[int], buckets: int = 4) -> list[str]:
+    """Each length's bucket name (``"12-20"``), buckets cut at the data's quantiles so each holds about as many.
+
+    Example:
+        >>> length_buckets([1, 2, 3, 4, 5, 6, 7, 8], buckets=2)
+        ['1-4', '1-4', '1-4', '1-4', '5-8', '5-8', '5-8', '5-8']
+    """
+    if not lengths:
+        return []
+    values = np.asarray(lengths)
+    cuts = sorted(set(np.quantile(values, np.linspace(0, 1, buckets + 1)[1:-1], method="lower").tolist()))
+    index = np.searchsorted(cuts, values, side="left")
+    names = {}
+    for k in set(index.tolist()):
+        inside = values[index == k]
+        names[k] = f"{inside.min()}-{inside.max()}" if inside.min() < inside.max() else str(inside.min())
+    return [names[k] for k in index.tolist()]

@@ -1,4 +1,5 @@
-"""PNG plots people would rather look at than read: training curves and the confusion matrix."""
+"""PNG plots people would rather look at than read: training curves, the confusion matrix, scores per label,
+reliability diagrams, bars and embedding maps."""
 
 from __future__ import annotations
 
@@ -70,6 +71,62 @@ def per_label_f1_png(report: dict[str, dict[str, float]], path: Path, title: str
     ax.set(xlim=(0, 1), title=title)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_png(before: list[dict[str, float]], after: list[dict[str, float]] | None, path: Path,
+                    title: str = "reliability") -> Path:
+    """Accuracy against confidence per bin (``calibration.reliability``), as trained and temperature scaled."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for bins, name in ((before, "as trained"), (after, "temperature scaled")):
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+    ax.set(xlabel="confidence", ylabel="accuracy", title=title, xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def bars_png(values: dict[str, float], path: Path, title: str, xlabel: str) -> Path:
+    """Horizontal bars, one per name, in the given order."""
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(7, max(2.2, 0.4 * len(names) + 1.2)))
+    y = np.arange(len(names))
+    ax.barh(y, [values[n] for n in names], color="#246")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def map_png(points: np.ndarray, gold: list[str], pred: list[str], wrong: list[bool], path: Path, title: str) -> Path:
+    """A 2-D map of the data twice: coloured by gold group and by predicted group; wrong predictions as x."""
+    groups = sorted(set(gold) | set(pred))
+    colours = {g: plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(k % 20) for k, g in enumerate(groups)}
+    wrong_mask = np.asarray(wrong, dtype=bool)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, names, heading in ((axes[0], gold, "coloured by gold"), (axes[1], pred, "coloured by prediction")):
+        for g in groups:
+            inside = np.asarray([n == g for n in names])
+            for mask, marker in ((inside & ~wrong_mask, "o"), (inside & wrong_mask, "x")):
+                if mask.any():
+                    ax.scatter(points[mask, 0], points[mask, 1], s=14 if marker == "o" else 28, marker=marker,
+                               color=colours[g], alpha=0.75, label=g if marker == "o" else None)
+        ax.set(title=f"{title}: {heading}", xticks=[], yticks=[])
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(groups) <= 20 and handles:
+        axes[1].legend(handles, labels, fontsize=8, loc="best", title="x: wrong")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -78,8 +78,14 @@ def to_bio(tags: list[str], scheme: str) -> tuple[list[str], int]:
     return out, repairs
 
 
-def spans(bio: list[str]) -> list[tuple[str, int, int]]:
-    """Entities as (type, start, end) over positions, end exclusive; a stray I- starts an entity."""
+def spans(bio: list[str], strict: bool = False) -> list[tuple[str, int, int]]:
+    """Entities as (type, start, end) over positions, end exclusive. A stray I- starts an entity, unless
+    ``strict`` (seqeval's strict IOB2, what the NER metrics count): then it belongs to no entity.
+
+    Example:
+        >>> spans(["B-PER", "I-PER", "O", "I-LOC"]), spans(["B-PER", "I-PER", "O", "I-LOC"], strict=True)
+        ([('PER', 0, 2), ('LOC', 3, 4)], [('PER', 0, 2)])
+    """
     found: list[tuple[str, int, int]] = []
     kind: str | None = None
     start = 0
@@ -90,7 +96,7 @@ def spans(bio: list[str]) -> list[tuple[str, int, int]]:
         if kind is not None:
             found.append((kind, start, i))
             kind = None
-        if prefix in ("B", "I"):
+        if prefix == "B" or (prefix == "I" and not strict):
             kind, start = this, i
     if kind is not None:
         found.append((kind, start, len(bio)))

@@ -62,6 +62,7 @@ class Fitted:
         report: extra entries of metrics.json (timings, best step, ...).
         manifest: extra manifest fields (the method used, ...).
         train: the training loop's result (None for strategies that do not run tunelab's loop).
+        validation_records: the records ``validation`` was measured on (given or split off), for ``train.report``.
     """
 
     model: Any
@@ -76,6 +77,7 @@ class Fitted:
     report: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     train: Any = None
+    validation_records: Records | None = None
 
 
 class Strategy(Protocol):

@@ -99,7 +99,8 @@ class FineTune(Strategy):
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
         return Fitted(model, processor, task, val_metrics, test_metrics, model_format, counts, write_parts,
                       size_hint=sum(p.numel() * p.element_size() for p in tensors) + 2_000_000, report=report,
-                      manifest={"method": cfg.method.model_dump(mode="json")}, train=result)
+                      manifest={"method": cfg.method.model_dump(mode="json")}, train=result,
+                      validation_records=val_records)
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
         task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])

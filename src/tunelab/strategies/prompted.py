@@ -39,7 +39,8 @@ class Prompted(Strategy):
         test_metrics = task.evaluate_records(model, tokenizer, job.test, batch) if job.test is not None else None
         total = sum(p.numel() for p in model.parameters())
         return Fitted(model, tokenizer, task, val_metrics, test_metrics, "none", {"trainable": 0, "total": total},
-                      lambda staging: None, report={"seconds": round(time.perf_counter() - started, 2)})
+                      lambda staging: None, report={"seconds": round(time.perf_counter() - started, 2)},
+                      validation_records=job.validation)
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
         from ..causal_lm import load_causal_lm, load_tokenizer

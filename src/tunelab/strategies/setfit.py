@@ -248,7 +248,8 @@ class SetFit(Strategy):
 
         total = sum(p.numel() for p in model.parameters())
         return Fitted(model, tokenizer, task, val, test, "encoder", {"trainable": total, "total": total}, write_parts,
-                      size_hint=total * 4 + 2_000_000, report={"training": timing}, manifest={"training": timing})
+                      size_hint=total * 4 + 2_000_000, report={"training": timing}, manifest={"training": timing},
+                      validation_records=job.validation)
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
         from transformers import AutoModel, AutoTokenizer

@@ -301,6 +301,27 @@ class Task:
         """Gradient methods: the model output as probabilities per label, [batch, labels]."""
         raise ConfigError(f"gradient methods are not available for the {self.name} task")
 
+    # ---- error analysis (tunelab.analyze) -----------------------------------------------------------
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One plain row per labelled record for ``tunelab.analyze``: ``text`` (what slices look at; with
+        ``text_pair`` if the model reads two texts, what maps embed), ``gold``
+        and ``pred`` (short strings), ``correct``, ``loss`` (higher: worse) and what ``analysis_metrics`` needs;
+        optionally ``probs`` + ``gold_index`` (calibration) and ``group_gold``/``group_pred`` (map colours)."""
+        raise ConfigError(f"tunelab analyze is not available for the {self.name} task")
+
+    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """The task's metrics over some analysis rows (a slice); default: accuracy of ``correct``."""
+        return {"accuracy": float(np.mean([r["correct"] for r in rows])) if rows else 0.0}
+
+    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The task's own report sections: ``{"title", "table": [row dicts], "plot"?: {"kind", ...}, "note"?}``."""
+        return []
+
+    def scales_temperature(self) -> bool:
+        """Whether predictions apply a stored ``temperature`` (softmax(logits / T)) — what ``tunelab analyze
+        --calibrate`` fits; tasks with one softmax over labels say yes."""
+        return False
+
 
 REQUIRED = ("from_training_data", "encode", "collate", "build_model", "loss_sum", "primary_metric")
 # (member, unless this one is overridden): the defaults of the second use the first

@@ -22,7 +22,7 @@ from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import sigmoid, softmax
 from .base import Task
-from .common import LabelScores, label_weights, pad_batch
+from .common import LabelScores, label_str, label_weights, pad_batch
 from .prompted_classification import PromptClassifier
 
 
@@ -222,7 +222,7 @@ class ClassificationTask(LabelScores, Task):
                 {"labels": [self.labels[j] for j in np.flatnonzero(p >= th)], "scores": dict(zip(self.labels, map(float, p)))}
                 for p in probs
             ]
-        probs = softmax(logits)
+        probs = softmax(logits / self.state.get("temperature", 1.0))
         return [
             {"label": self.labels[int(p.argmax())], "score": float(p.max()), "scores": dict(zip(self.labels, map(float, p)))}
             for p in probs
@@ -246,6 +246,58 @@ class ClassificationTask(LabelScores, Task):
         """Softmax over the labels (sigmoid per label for multi-label)."""
         logits = outputs.logits.float()
         return torch.sigmoid(logits) if self.problem_type == "multi_label" else torch.softmax(logits, dim=-1)
+
+    # ---- error analysis: single-label in LabelScores; multi-label and regression here -------------
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Single-label: see ``LabelScores``; multi-label: label sets (correct = the exact set, loss = mean BCE);
+        regression: numbers (loss = squared error)."""
+        if self.problem_type == "single_label":
+            return super().analysis_rows(records, predictions)
+        rows = []
+        for i, (row, prediction) in enumerate(zip(records.rows, predictions)):
+            gold = self._label_value(row.get(self.state["label_column"]), records, i)
+            text = str(row[self.state["text_column"]])
+            if self.problem_type == "regression":
+                rows.append({"text": text, "gold": f"{gold:g}", "pred": f"{prediction['score']:g}", "gold_value": gold,
+                             "pred_value": prediction["score"], "correct": None, "loss": (prediction["score"] - gold) ** 2})
+                continue
+            on = {self.labels[k] for k, v in enumerate(gold) if v}
+            p = np.clip([prediction["scores"][name] for name in self.labels], 1e-12, 1 - 1e-12)
+            loss = -float(np.mean(np.asarray(gold) * np.log(p) + (1 - np.asarray(gold)) * np.log(1 - p)))
+            rows.append({"text": text, "gold": "|".join(sorted(on)), "pred": "|".join(sorted(prediction["labels"])),
+                         "gold_set": sorted(on), "pred_set": sorted(prediction["labels"]),
+                         "correct": on == set(prediction["labels"]), "loss": loss})
+        return rows
+
+    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Single-label: accuracy and macro-F1; multi-label: exact-set accuracy and micro-F1; regression: RMSE."""
+        if self.problem_type == "single_label":
+            return super().analysis_metrics(rows)
+        if self.problem_type == "regression":
+            return {"rmse": float(np.sqrt(np.mean([r["loss"] for r in rows]))) if rows else 0.0}
+        tp = sum(len(set(r["gold_set"]) & set(r["pred_set"])) for r in rows)
+        n_pred, n_gold = sum(len(r["pred_set"]) for r in rows), sum(len(r["gold_set"]) for r in rows)
+        return {"exact_match": float(np.mean([r["correct"] for r in rows])) if rows else 0.0,
+                "f1_micro": 2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0}
+
+    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Single-label: see ``LabelScores``; multi-label: per-label P/R/F1; regression: none."""
+        if self.problem_type == "single_label":
+            return super().analysis_sections(rows)
+        if self.problem_type == "regression":
+            return []
+        report = {}
+        for name in self.labels:
+            tp = sum(name in r["gold_set"] and name in r["pred_set"] for r in rows)
+            n_pred, n_gold = sum(name in r["pred_set"] for r in rows), sum(name in r["gold_set"] for r in rows)
+            p, rc = tp / n_pred if n_pred else 0.0, tp / n_gold if n_gold else 0.0
+            report[name] = {"precision": p, "recall": rc, "f1": 2 * p * rc / (p + rc) if p + rc else 0.0, "support": n_gold}
+        return [{"title": "Per label", "table": [{"label": k, **v} for k, v in report.items()],
+                 "plot": {"kind": "per_label", "report": report}}]
+
+    def scales_temperature(self) -> bool:
+        """Single-label scores are softmax(logits / temperature) (temperature 1 until one is fitted)."""
+        return self.problem_type == "single_label"
 
     @property
     def primary_metric(self) -> tuple[str, bool]:
@@ -298,18 +350,11 @@ def _label_names(raw: Any, records: Records, i: int, column: str, problem_type: 
         raise DataError(f"{records.where(i)}, column {column!r}: missing label")
     if problem_type == "multi_label":
         items = raw if isinstance(raw, (list, tuple)) else str(raw).split(separator)
-        names = [_label_str(x) for x in items if str(x).strip()]
+        names = [label_str(x) for x in items if str(x).strip()]
         if not names:
             raise DataError(f"{records.where(i)}, column {column!r}: no labels in {raw!r}")
         return names
     if isinstance(raw, (list, tuple, dict)):
         raise DataError(f"{records.where(i)}, column {column!r}: expected one label, got {raw!r} "
                         "(multi-label? set task.problem_type)")
-    return [_label_str(raw)]
-
-
-def _label_str(value: Any) -> str:
-    # 1 and 1.0 and "1" are the same label; labels are kept as strings in the label map.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
+    return [label_str(raw)]

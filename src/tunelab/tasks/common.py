@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import Records
 from ..errors import DataError
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout")
@@ -122,4 +123,73 @@ class LabelScores:
     def explain_score(self, prediction: dict[str, Any], target: str) -> float:
         """The prediction's probability for ``target``."""
         return float(prediction["scores"][target])
+
+    # ---- error analysis: one label per record ------------------------------------------------------
+    def gold_label(self, records: Records, i: int) -> str:
+        """Record ``i``'s gold label, checked against the model's labels."""
+        column = self.state["label_column"]
+        raw = records.rows[i].get(column)
+        if raw is None or not str(raw).strip():
+            raise DataError(f"{records.where(i)}, column {column!r}: missing label (analysis needs labelled data)")
+        name = label_str(raw)
+        if name not in self.labels:
+            raise DataError(f"{records.where(i)}, column {column!r}: unknown label {name!r}; "
+                            f"the model's labels: {', '.join(self.labels)}")
+        return name
+
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per record: gold and predicted label, the probabilities, and the loss -log p(gold)."""
+        rows = []
+        for i, (row, prediction) in enumerate(zip(records.rows, predictions)):
+            gold = self.gold_label(records, i)
+            probs = [float(prediction["scores"][name]) for name in self.labels]
+            gold_index = self.labels.index(gold)
+            pair = self.state.get("text_pair_column")
+            rows.append({"text": str(row[self.explain_column(row)]), "gold": gold, "pred": prediction["label"],
+                         **({"text_pair": str(row[pair])} if pair else {}),
+                         "correct": prediction["label"] == gold, "loss": -float(np.log(max(probs[gold_index], 1e-12))),
+                         "probs": probs, "gold_index": gold_index, "group_gold": gold, "group_pred": prediction["label"]})
+        return rows
+
+    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Accuracy and macro-F1 over the rows' labels."""
+        from sklearn.metrics import f1_score
+
+        if not rows:
+            return {"accuracy": 0.0, "f1_macro": 0.0}
+        gold, pred = [r["gold"] for r in rows], [r["pred"] for r in rows]
+        return {"accuracy": float(np.mean([r["correct"] for r in rows])),
+                "f1_macro": float(f1_score(gold, pred, labels=sorted(set(gold) | set(pred)), average="macro",
+                                           zero_division=0))}
+
+    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-label precision/recall/F1, the confusion matrix and the most confused pairs (with an example)."""
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+        gold, pred = [r["gold"] for r in rows], [r["pred"] for r in rows]
+        p, r, f, support = precision_recall_fscore_support(gold, pred, labels=self.labels, zero_division=0)
+        per_label = {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(support[k])}
+                     for k, name in enumerate(self.labels)}
+        matrix = confusion_matrix(gold, pred, labels=self.labels)
+        examples: dict[tuple[str, str], str] = {}
+        for row in sorted(rows, key=lambda x: -x["loss"]):
+            examples.setdefault((row["gold"], row["pred"]), row["text"])
+        pairs = sorted(((int(matrix[a, b]), self.labels[a], self.labels[b]) for a in range(len(self.labels))
+                        for b in range(len(self.labels)) if a != b and matrix[a, b]), reverse=True)[:10]
+        return [
+            {"title": "Per label", "table": [{"label": k, **v} for k, v in per_label.items()],
+             "plot": {"kind": "per_label", "report": per_label}},
+            {"title": "Confusion matrix", "table": [], "plot": {"kind": "confusion", "matrix": matrix.tolist(),
+                                                                "labels": list(self.labels)}},
+            {"title": "Most confused pairs", "table": [{"gold": g, "predicted": q, "count": n, "example": examples[(g, q)]}
+                                                      for n, g, q in pairs],
+             "note": "" if pairs else "no confusions: every prediction is right"},
+        ]
+
+
+def label_str(value: Any) -> str:
+    """A label as the string the label map keeps: 1, 1.0 and "1" are the same label."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
 

@@ -388,6 +388,47 @@ class GenerationTask(Task):
         feature = self.encode(records, processor, with_labels=False)[0]
         return stream_ids(model, processor, feature["prompt_ids"], self.generate_config)
 
+    # ---- error analysis ---------------------------------------------------------------------------
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per record: the output, its references and ROUGE-1/2/L (loss: 1 - ROUGE-L/100); input and reference
+        lengths in words."""
+        references = [self.references(row, records, i) for i, row in enumerate(records.rows)]
+        outputs = [p["text"] for p in predictions]
+        rows = []
+        for row, refs, out, scores in zip(records.rows, references, outputs, M.rouge_each(outputs, references)):
+            text = self._input_text(row)
+            rows.append({"text": text, "gold": refs[0], "pred": out, "correct": None, "loss": 1.0 - scores["rougeL"] / 100,
+                         **scores, "input_words": len(text.split()), "reference_words": len(refs[0].split())})
+        return rows
+
+    def _input_text(self, row: dict[str, Any]) -> str:
+        if self.name == "dialogue":
+            turns = row.get(self.state["messages_column"]) or []
+            return "\n".join(str(t.get("content", "")) for t in turns[:-1] if isinstance(t, dict))
+        return str(row.get(self.state["text_column"], ""))
+
+    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Mean ROUGE-1/2/L over the rows."""
+        return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in M.ROUGE_KEYS}
+
+    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """ROUGE by input length and by reference length (quartile buckets), and the worst outputs."""
+        sections = []
+        for title, key in (("ROUGE by input length (words)", "input_words"),
+                           ("ROUGE by reference length (words)", "reference_words")):
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for row, bucket in zip(rows, M.length_buckets([r[key] for r in rows])):
+                groups.setdefault(bucket, []).append(row)
+            table = [{"length": name, "count": len(group), **self.analysis_metrics(group)}
+                     for name, group in sorted(groups.items(), key=lambda kv: int(kv[0].split("-")[0]))]
+            sections.append({"title": title, "table": table,
+                             "plot": {"kind": "bars", "values": {t["length"]: t["rougeL"] for t in table},
+                                      "xlabel": "ROUGE-L"}})
+        worst = sorted(rows, key=lambda r: -r["loss"])[:10]
+        sections.append({"title": "Worst outputs (lowest ROUGE-L)", "table": [
+            {"input": r["text"][:300], "output": r["pred"], "reference": r["gold"], "rougeL": r["rougeL"]} for r in worst]})
+        return sections
+
 
 class SummarizationTask(GenerationTask):
     """Summarization: ``text_column`` -> ``target_column`` through ``task.instruction``."""

@@ -49,6 +49,19 @@ def flatten_squad(records: Records) -> Records:
     return Records(rows, records.source, None, ["id", "title", "question", "context", "answers"])
 
 
+QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
+
+
+def question_word(question: str) -> str:
+    """The question's wh-word (the first one in it; ``how many``/``how much`` kept apart), else ``other``."""
+    words = re.findall(r"[a-z]+", question.lower())
+    for k, word in enumerate(words):
+        if word in QUESTION_WORDS:
+            follow = words[k + 1] if k + 1 < len(words) else ""
+            return f"how {follow}" if word == "how" and follow in ("many", "much") else word
+    return "other"
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD answer normalisation: lower case, no punctuation, no articles, single spaces."""
     text = text.lower()
@@ -114,6 +127,48 @@ class QaTask(Task):
 
     def input_columns(self) -> list[str]:
         return [self.state["question_column"], self.state["context_column"]]
+
+    def as_records(self, inputs: Any) -> Records:
+        """Inputs as Records, SQuAD articles flattened to one record per question."""
+        return flatten_squad(super().as_records(inputs))
+
+    # ---- error analysis ---------------------------------------------------------------------------
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per question: the gold answers, the predicted one, SQuAD exact match and F1 (loss: 1 - F1), its
+        question word and the context length in words."""
+        rows = []
+        for ex, prediction in zip(self._examples(records, True), predictions):
+            golds = [a for a, _ in ex["answers"]]
+            em, f1 = squad_scores(prediction["answer"], golds)
+            rows.append({"text": ex["question"], "text_pair": ex["context"], "gold": " | ".join(golds) or "(no answer)",
+                         "pred": prediction["answer"] or "(no answer)", "correct": bool(em), "loss": 1.0 - f1,
+                         "exact_match": em, "f1": f1, "question_word": question_word(ex["question"]),
+                         "context_words": len(ex["context"].split())})
+        return rows
+
+    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """SQuAD exact match and F1 over the rows."""
+        return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in ("exact_match", "f1")}
+
+    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """EM/F1 by question word and by context length (quartiles of the data's word counts)."""
+        from ..metrics import length_buckets
+
+        by_word: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row in rows:
+            by_word[row["question_word"]].append(row)
+        buckets = length_buckets([r["context_words"] for r in rows])
+        by_length: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row, bucket in zip(rows, buckets):
+            by_length[bucket].append(row)
+        sections = []
+        for title, groups, key in (("By question word", by_word, "question word"),
+                                   ("By context length (words)", by_length, "context length")):
+            table = [{key: name, "count": len(group), **self.analysis_metrics(group)}
+                     for name, group in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+            sections.append({"title": title, "table": table,
+                             "plot": {"kind": "bars", "values": {t[key]: t["f1"] for t in table}, "xlabel": "F1"}})
+        return sections
 
     def export_example(self) -> list[dict[str, Any]]:
         q, c = self.state["question_column"], self.state["context_column"]

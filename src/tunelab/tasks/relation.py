@@ -100,16 +100,21 @@ class EntityMarkerModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, e1_index: torch.Tensor | None = None,
-                e2_index: torch.Tensor | None = None, **_: Any) -> Any:
+                e2_index: torch.Tensor | None = None, output_hidden_states: bool = False, **_: Any) -> Any:
+        """Logits from the hidden states at the two entity markers; without entity positions (``e1_index``
+        None) only the encoder's ``hidden_states`` (what ``tunelab analyze`` maps)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(input_ids=input_ids, **kwargs).last_hidden_state
+        encoded = self.encoder(input_ids=input_ids, output_hidden_states=output_hidden_states, **kwargs)
+        if e1_index is None:
+            return SequenceClassifierOutput(hidden_states=encoded.hidden_states)
+        hidden = encoded.last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = torch.cat([hidden[rows, e1_index], hidden[rows, e2_index]], dim=-1)
-        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)), hidden_states=encoded.hidden_states)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         """The encoder's word embeddings (peft and resizing look for them here)."""
@@ -287,8 +292,12 @@ class RelationTask(LabelScores, Task):
         return list(self.state["marker_ids"])
 
     # ---- predictions and metrics -----------------------------------------------------------------
+    def scales_temperature(self) -> bool:
+        """Scores are softmax(logits / temperature) (temperature 1 until one is fitted)."""
+        return True
+
     def decode(self, outputs: list[np.ndarray], features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        probs = softmax(np.stack(outputs))
+        probs = softmax(np.stack(outputs) / self.state.get("temperature", 1.0))
         return [{"label": self.labels[int(p.argmax())], "score": float(p.max()), "e1": f["e1"], "e2": f["e2"],
                  "scores": dict(zip(self.labels, map(float, p)))} for p, f in zip(probs, features)]
 
