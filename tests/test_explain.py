@@ -13,7 +13,7 @@ import tunelab
 from tunelab.cli import main
 from tunelab.explain import faithfulness, register_explainer
 
-from conftest import NEGATIVE, NOUNS, POSITIVE, sentiment_rows, tiny_config, toy_relations
+from conftest import NEGATIVE, NOUNS, POSITIVE, sentiment_rows, tiny_config, toy_qa, toy_relations, toy_sentences
 
 pytest.importorskip("captum", reason="captum is not installed: pip install 'tunelab[explain]'")
 METHODS = ["ig", "gradxinput", "attention", "occlusion", "lime"]
@@ -159,3 +159,65 @@ def test_zero_shot_classification_is_explained_over_the_input_not_the_template(t
     assert explanation["score"] == pytest.approx(predictor.predict("the film was great")["scores"][explanation["target"]])
     with pytest.raises(tunelab.ConfigError, match="gradient methods .* not available .*use occlusion or lime"):
         predictor.explain("the film was great", method="ig")
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tunelab.Predictor:
+    config = {**tiny_config(tiny_bert, tmp_path_factory.mktemp("ner") / "run", epochs=6, learning_rate=3e-3), "task": "ner"}
+    return tunelab.Predictor.load(tunelab.fit(config, train=toy_sentences(120), validation=toy_sentences(20, seed=9)).artifact_dir)
+
+
+@pytest.mark.parametrize("method", ["ig", "gradxinput", "attention", "occlusion"])
+def test_each_predicted_entity_is_explained_on_its_own(tagger: tunelab.Predictor, method: str) -> None:
+    record = {"tokens": ["in", "Lima", "we", "met", "Erin", "Smith"]}
+    entities = tagger.predict([record])[0]["entities"]
+    assert [(e["type"], e["text"]) for e in entities] == [("LOC", "Lima"), ("PER", "Erin Smith")]
+    first = tagger.explain([record], method=method)[0]
+    assert first["target"] == "LOC@3:7" and first["targets"] == ["LOC@3:7", "PER@15:25"] and first["text"] == "in Lima we met Erin Smith"
+    assert [w["word"] for w in first["words"]] == record["tokens"]
+    person = tagger.explain([record], method=method, target="Erin Smith")[0]  # by text; "PER" or "PER@15:25" alike
+    assert person["target"] == "PER@15:25" and person["score"] > 0.5
+    if method == "ig":  # completeness: the words' attributions add up to p(entity) - p(baseline), up to the delta
+        assert person["convergence_delta"] < 0.05
+    if method == "occlusion":  # removing the entity's own words costs the most
+        values = {w["word"]: w["attribution"] for w in person["words"]}
+        assert max(values, key=values.get) in ("Erin", "Smith")
+    with pytest.raises(tunelab.ConfigError, match="not a predicted entity.*LOC@3:7 'Lima'"):
+        tagger.explain([record], method=method, target="ORG")
+
+
+def test_ner_names_what_it_cannot_explain(tagger: tunelab.Predictor) -> None:
+    with pytest.raises(tunelab.ConfigError, match="lime explains through predictions.*use occlusion, ig"):
+        tagger.explain([{"tokens": ["in", "Lima"]}], method="lime")
+    with pytest.raises(tunelab.ConfigError, match="faithfulness .* measured for classification"):
+        faithfulness(tagger.explain_model(), [{"tokens": ["in", "Lima"]}], ["ig"])
+    with pytest.raises(tunelab.DataError, match="no entity was predicted"):
+        tagger.explain([{"tokens": ["we", "met", "."]}], method="ig")
+
+
+@pytest.mark.slow
+def test_answer_start_and_end_are_explained_over_question_and_context(tiny_bert: Path, tmp_path: Path) -> None:
+    config = {**tiny_config(tiny_bert, tmp_path / "qa", epochs=4, learning_rate=3e-3), "task": "qa"}
+    predictor = tunelab.Predictor.load(tunelab.fit(config, train=toy_qa(120), validation=toy_qa(20, seed=9)).artifact_dir)
+    record = {"question": "what color was the dog ?", "context": "the dog was blue ."}
+    for target in ("start", "end"):
+        explanation = predictor.explain([record], method="ig", target=target)[0]
+        assert explanation["text"] == "what color was the dog ?\n\nthe dog was blue ."
+        assert [w["word"] for w in explanation["words"]] == "what color was the dog ? the dog was blue .".split()
+        assert explanation["targets"] == ["start", "end"] and explanation["convergence_delta"] < 0.05
+        assert 0 < explanation["score"] <= 1
+    occluded = predictor.explain([record], method="occlusion")[0]
+    assert occluded["target"] == "start" and all(w["attribution"] is not None for w in occluded["words"])
+    exported = tunelab.export(predictor.path, tmp_path / "onnx")
+    with pytest.raises(tunelab.ConfigError, match="needs gradients .*PyTorch model of this qa artifact"):
+        tunelab.Predictor.load(exported).explain([record], method="occlusion")
+
+
+def test_target_all_explains_every_entity_a_line_each(tagger: tunelab.Predictor, capsys) -> None:
+    import json as _json
+
+    data = Path(tagger.path).parent / "one.jsonl"
+    data.write_text(_json.dumps({"tokens": ["in", "Lima", "we", "met", "Erin", "Smith"]}) + "\n")
+    assert main(["explain", str(tagger.path), "--file", str(data), "--target", "all", "--method", "gradxinput"]) == 0
+    lines = [_json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["target"] for e in lines] == ["LOC@3:7", "PER@15:25"]

@@ -171,7 +171,7 @@ def save(job: FitJob, fitted: Fitted) -> Run:
         if fitted.validation:
             fitted.task.plots(fitted.validation, plots)
         if cfg.train.report:
-            write_report(fitted, manifest, staging / "report")
+            write_report(fitted, manifest, staging / "report", run_dir.name)
 
     try:
         artifact_dir = write_artifact(run_dir / "artifact", manifest, write_parts, size_hint=fitted.size_hint)
@@ -198,7 +198,7 @@ def evaluate(artifact: str | Path, data: Any) -> dict[str, Any]:
     return Predictor.load(artifact).evaluate(data)
 
 
-def write_report(fitted: Fitted, manifest: dict[str, Any], folder: Path) -> None:
+def write_report(fitted: Fitted, manifest: dict[str, Any], folder: Path, name: str) -> None:
     """``train.report``: the error analysis of the run's validation records, written into ``folder``."""
     from .analysis import analyze
 
@@ -207,7 +207,7 @@ def write_report(fitted: Fitted, manifest: dict[str, Any], folder: Path) -> None
         return
     print(f"train.report: analysing the {len(fitted.validation_records)} validation records", file=sys.stderr)
     predictor = Predictor(fitted.model, fitted.processor, fitted.task, manifest)
-    analyze(predictor, fitted.validation_records, out=folder, quiet=True)
+    analyze(predictor, fitted.validation_records, out=folder, quiet=True, name=name)
 
 
 def summary(run: Run) -> str:

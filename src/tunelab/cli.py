@@ -298,8 +298,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     options = {"steps": args.steps} if args.steps else {}
-    explanations = [predictor.explain([row], method=args.method, target=args.target, **options)[0]
-                    for row in progress(records, total=len(records), desc="explain", unit="input", quiet=len(records) < 4)]
+    def every_target(row: dict) -> list[dict]:
+        first = predictor.explain([row], method=args.method, target=None if args.target == "all" else args.target,
+                                  **options)[0]
+        if args.target != "all":
+            return [first]
+        return [first] + [predictor.explain([row], method=args.method, target=t, **options)[0] for t in first["targets"][1:]]
+
+    explanations = [e for row in progress(records, total=len(records), desc="explain", unit="input", quiet=len(records) < 4)
+                    for e in every_target(row)]
     for e in explanations:
         print(json.dumps(e, ensure_ascii=False))
     if args.html:
@@ -435,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to explain (or --file, or stdin)")
     p.add_argument("--file", help="records file with the training text column(s), or a .txt file of one text per line")
     p.add_argument("--method", default="ig", help="ig (default), gradxinput, attention, occlusion or lime")
-    p.add_argument("--target", help="the label to explain (default: the predicted one)")
+    p.add_argument("--target", help="the label to explain (default: the predicted one); NER: an entity (TYPE@start:end, "
+                   "its text or type); QA: start or end; 'all': every target of each input, a line each")
     p.add_argument("--steps", type=_positive, help="ig: integration steps (default 32)")
     p.add_argument("--html", help="also write the explanations as a self-contained HTML heat map here")
     p.add_argument("--limit", type=_positive, help="explain at most this many inputs")

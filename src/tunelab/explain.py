@@ -2,24 +2,27 @@
 and how faithful those attributions are.
 
 An explanation is over the *words* of one input text (``tasks.words.split_words``, with character offsets),
-for one *target* — a label of the task — scored by the task's ``explain_score(prediction, target)``.
-Methods are registered by name in ``EXPLAINERS``:
+for one *target*: a label (classification, relation, prompted classification), a predicted entity (NER:
+``TYPE@start:end``) or the start or end of the predicted answer (QA; the text is the question and the context).
+Label tasks score a target on predictions (``Task.explain_score``); NER and QA on the model's own outputs
+(``Task.explain_inputs``). Methods are registered by name in ``EXPLAINERS``:
 
 - ``occlusion``: each word removed in turn; its attribution is how much the target's probability drops
-  (captum's ``FeatureAblation`` idea over words; runs through ``predict``, so ONNX artifacts too).
+  (captum's ``FeatureAblation`` idea over words). Label tasks run it through ``predict``, so ONNX artifacts too;
+  NER and QA replace the word's tokens by padding on the model, keeping positions.
 - ``lime``: captum's ``Lime`` over word masks (a linear model fitted to predictions on random subsets of the
-  words; also through ``predict``).
+  words; label tasks, through ``predict``).
 - ``ig``: captum's ``LayerIntegratedGradients`` on the embedding layer, from a baseline where every word's
   tokens are ``[PAD]`` (special tokens kept), with the convergence delta reported; sub-token scores are summed
   into words. Needs a PyTorch model and a task with ``explain_inputs``.
 - ``gradxinput``: gradient x input on the embedding layer (captum's ``LayerGradientXActivation``), summed into
   words — one backward pass.
-- ``attention``: attention rollout (Abnar & Zuidema 2020) from the first token — a cheap view, not a
-  faithful attribution.
+- ``attention``: attention rollout (Abnar & Zuidema 2020) from the target's tokens ([CLS] for labels) — a cheap
+  view, not a faithful attribution.
 
-Faithfulness (``faithfulness``): ERASER's comprehensiveness (the drop in the target's probability when the
-top-k% attributed words are removed) and sufficiency (the drop when only they are kept), per method and for
-random words of the same number — an attribution method is worth reading when it beats random.
+Faithfulness (``faithfulness``, label tasks): ERASER's comprehensiveness (the drop in the target's probability
+when the top-k% attributed words are removed) and sufficiency (the drop when only they are kept), per method and
+for random words of the same number — an attribution method is worth reading when it beats random.
 
 Example:
     >>> predictor.explain("a gripping, funny film", method="ig")["words"][:2]      # doctest: +SKIP
@@ -45,22 +48,19 @@ Predict = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 @dataclass
 class Subject:
-    """What one explanation is about: the record, the column whose words are attributed, those words (with
-    character offsets; words inside ``protected`` spans such as entity markers are never removed), the target
-    and its probability on the whole input."""
+    """What one explanation is about: the record, its prediction, the text whose words are attributed (from
+    ``column``), those words (with character offsets; words inside ``protected`` spans such as entity markers are
+    never removed), the target and its probability on the whole input."""
 
     record: dict[str, Any]
+    prediction: dict[str, Any]
     column: str
+    text: str
     words: list[str]
     offsets: list[tuple[int, int]]
     protected: list[tuple[int, int]]
     target: str
     score: float
-
-    @property
-    def text(self) -> str:
-        """The explained column's text."""
-        return str(self.record[self.column])
 
     def keeping(self, keep: list[bool]) -> dict[str, Any]:
         """The record with only the words where ``keep`` is true (and everything protected) left in the text."""
@@ -107,21 +107,15 @@ def register_explainer(name: str, explainer: Explainer, *, replace: bool = False
 
 
 def subject_for(model: Model, record: dict[str, Any], target: str | None) -> Subject:
-    """The Subject for one record: its words, and the target (default: the predicted label), checked."""
+    """The Subject for one record: its words, and the target (default: the predicted label, the first entity,
+    the answer's start), checked."""
     task = model.task
     column = task.explain_column(record)
-    if column not in record:
-        raise DataError(f"column {column!r} is missing: the model reads its text from there "
-                        f"(the input has {', '.join(map(repr, record)) or 'no columns'})")
-    text = record[column]
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"column {column!r}: an empty text has nothing to explain")
+    text = task.explain_text(record)
     (prediction,) = model.predict([record])
     if "error" in prediction:
         raise DataError(f"cannot predict for this input: {prediction['error']}")
-    target = task.explain_default_target(prediction) if target is None else str(target)
-    if target not in task.labels:
-        raise ConfigError(f"target {target!r} is not a label of this model; its labels: {', '.join(task.labels)}")
+    target = task.explain_resolve_target(prediction, target)
     protected = task.explain_protected(text)
     words, offsets = [], []
     for word, (a, b) in zip(*split_words(text)):
@@ -130,14 +124,22 @@ def subject_for(model: Model, record: dict[str, Any], target: str | None) -> Sub
             offsets.append((a, b))
     if not words:
         raise DataError(f"column {column!r}: no words to attribute in {text[:60]!r}")
-    return Subject(record, column, words, offsets, protected, target, float(task.explain_score(prediction, target)))
+    subject = Subject(record, prediction, column, text, words, offsets, protected, target, 0.0)
+    if task.explains_by_prediction:
+        subject.score = float(task.explain_score(prediction, target))
+    else:
+        inputs = model_inputs(model, subject, "explanations")
+        with torch.no_grad():
+            subject.score = float(inputs.score(model.torch_model(**inputs.batch))[0])
+    return subject
 
 
 def explain_record(model: Model, record: dict[str, Any], method: str = "ig", target: str | None = None,
                    **options: Any) -> dict[str, Any]:
     """One explanation: ``{"method", "target", "score", "column", "text", "words": [{"word", "start", "end",
-    "attribution"}], ...}`` (``ig`` adds ``convergence_delta``; words the model did not see, past its
-    ``max_length``, get ``attribution: None`` and a ``note``)."""
+    "attribution"}], "targets", ...}`` (``targets``: what else this prediction can be explained for; ``ig`` adds
+    ``convergence_delta``; words the model did not see, past its ``max_length``, get ``attribution: None`` and a
+    ``note``)."""
     explainer = EXPLAINERS.get(method)
     subject = subject_for(model, record, target)
     result = explainer(model, subject, options)
@@ -145,20 +147,44 @@ def explain_record(model: Model, record: dict[str, Any], method: str = "ig", tar
     words = [{"word": w, "start": a, "end": b, "attribution": None if v is None else round(float(v), 6)}
              for w, (a, b), v in zip(subject.words, subject.offsets, values)]
     return {"method": method, "target": subject.target, "score": round(subject.score, 6), "column": subject.column,
-            "text": subject.text, "words": words, **result}
+            "text": subject.text, "words": words, "targets": model.task.explain_targets(subject.prediction), **result}
 
 
-# ---- perturbation methods: through predict, any runtime -------------------------------------------------
+# ---- perturbation methods: through predict (any runtime), or on the model for tasks scored there ----------
 def _occlusion(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
     n = len(subject.words)
+    if not model.task.explains_by_prediction:
+        return _occlusion_on_model(model, subject)
     records = [subject.keeping([j != i for j in range(n)]) for i in range(n)]
     return {"attributions": subject.score - model.scores(subject, records)}
+
+
+def _occlusion_on_model(model: Model, subject: Subject) -> dict[str, Any]:
+    """Each word's tokens replaced by padding in turn (positions unchanged); its attribution is the target's drop."""
+    inputs = model_inputs(model, subject, "occlusion")
+    ids = inputs.batch["input_ids"]
+    rows = []
+    for a, b in subject.offsets:
+        occluded = ids.clone()
+        hit = [k for k, span in enumerate(inputs.spans) if span is not None and a < span[1] and span[0] < b]
+        occluded[0, hit] = model.processor.pad_token_id or 0
+        rows.append(occluded)
+    batch = {k: (torch.cat(rows) if k == "input_ids" else v.expand(len(rows), *v.shape[1:]))
+             for k, v in inputs.batch.items()}
+    with torch.no_grad():
+        scores = inputs.score(model.torch_model(**batch)).double().numpy()
+    seen = [any(s is not None and a < s[1] and s[0] < b for s in inputs.spans) for a, b in subject.offsets]
+    values = [subject.score - float(v) if ok else None for v, ok in zip(scores, seen)]
+    return {"attributions": values, **_note(values)}
 
 
 def _lime(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
     from captum.attr import Lime
     from captum.attr._core.lime import get_exp_kernel_similarity_function
 
+    if not model.task.explains_by_prediction:
+        raise ConfigError(f"lime explains through predictions, which the {model.task.name} task does not score; "
+                          "use occlusion, ig, gradxinput or attention")
     n = len(subject.words)
 
     def forward(mask: torch.Tensor) -> torch.Tensor:
@@ -174,20 +200,24 @@ def _lime(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, 
 
 
 # ---- gradient methods: the PyTorch model through the task's explain_inputs ------------------------------
-def _gradient_inputs(model: Model, subject: Subject, method: str) -> tuple[dict[str, torch.Tensor], Any, Any]:
+def model_inputs(model: Model, subject: Subject, method: str) -> Any:
+    """The task's ``ExplainInputs`` for the subject; a runtime without a PyTorch model is named."""
     if model.torch_model is None:
-        raise ConfigError(f"method {method!r} needs gradients, which this artifact's runtime does not give: explain "
-                          "the PyTorch artifact it was exported from, or use occlusion or lime")
-    batch, token_spans = model.task.explain_inputs(model.processor, subject.record, subject.column)
+        raise ConfigError(f"{method} needs gradients (or token outputs) from the PyTorch model of this {model.task.name} "
+                          "artifact, and its runtime gives neither: explain the PyTorch artifact it was exported from"
+                          + (", or use occlusion or lime" if model.task.explains_by_prediction else ""))
+    return model.task.explain_inputs(model.processor, subject.record, subject.target, subject.prediction)
+
+
+def _gradient_inputs(model: Model, subject: Subject, method: str) -> tuple[Any, Callable[..., torch.Tensor], Any]:
+    inputs = model_inputs(model, subject, f"method {method!r}")
     embeddings = model.torch_model.get_input_embeddings()
-    target = model.task.labels.index(subject.target)
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         extra = {"token_type_ids": rest[0]} if rest else {}
-        outputs = model.torch_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        return model.task.explain_probs(outputs)[:, target]
+        return inputs.score(model.torch_model(input_ids=input_ids, attention_mask=attention_mask, **extra))
 
-    return batch, token_spans, (forward, embeddings)
+    return inputs, forward, embeddings
 
 
 def _to_words(subject: Subject, token_scores: torch.Tensor, token_spans: list[tuple[int, int] | None]) -> list:
@@ -214,7 +244,8 @@ def _args(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 def _ig(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
     from captum.attr import LayerIntegratedGradients
 
-    batch, spans, (forward, embeddings) = _gradient_inputs(model, subject, "ig")
+    inputs, forward, embeddings = _gradient_inputs(model, subject, "ig")
+    batch, spans = inputs.batch, inputs.spans
     ids = batch["input_ids"]
     # the baseline: every word's tokens padded, special tokens ([CLS], [SEP], markers) kept
     baseline = ids.clone()
@@ -232,16 +263,17 @@ def _ig(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, An
 def _gradxinput(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
     from captum.attr import LayerGradientXActivation
 
-    batch, spans, (forward, embeddings) = _gradient_inputs(model, subject, "gradxinput")
+    inputs, forward, embeddings = _gradient_inputs(model, subject, "gradxinput")
     with torch.enable_grad():
         attributions = LayerGradientXActivation(forward, embeddings).attribute(
-            batch["input_ids"], additional_forward_args=_args(batch)[1:])
-    values = _to_words(subject, attributions.sum(-1)[0].detach(), spans)
+            inputs.batch["input_ids"], additional_forward_args=_args(inputs.batch)[1:])
+    values = _to_words(subject, attributions.sum(-1)[0].detach(), inputs.spans)
     return {"attributions": values, **_note(values)}
 
 
 def _attention(model: Model, subject: Subject, options: dict[str, Any]) -> dict[str, Any]:
-    batch, spans, _ = _gradient_inputs(model, subject, "attention")
+    inputs = model_inputs(model, subject, "method 'attention'")
+    batch, spans = inputs.batch, inputs.spans
     net = model.torch_model
     before = net.config._attn_implementation
     net.set_attn_implementation("eager")  # fused attention kernels do not return the weights
@@ -255,7 +287,7 @@ def _attention(model: Model, subject: Subject, options: dict[str, Any]) -> dict[
     for layer in attentions:  # heads averaged, the residual path added, rows renormalised, layers chained
         mixed = 0.5 * layer[0].mean(0) + 0.5 * torch.eye(size)
         rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
-    values = _to_words(subject, rollout[0], spans)
+    values = _to_words(subject, rollout[inputs.focus].mean(0), spans)  # read from the tokens the target sits on
     return {"attributions": values, **_note(values)}
 
 
@@ -278,6 +310,9 @@ def faithfulness(model: Model, records: list[dict[str, Any]], methods: list[str]
 
     if not 0 < k < 1:
         raise ConfigError(f"k: a fraction of the words between 0 and 1, got {k}")
+    if not model.task.explains_by_prediction:
+        raise ConfigError(f"faithfulness removes words and re-predicts, which the {model.task.name} task does not "
+                          "score; it is measured for classification, relation and prompted classification")
     rng = random.Random(seed)
     sums: dict[str, dict[str, float]] = {m: {"comprehensiveness": 0.0, "sufficiency": 0.0, "seconds": 0.0}
                                          for m in [*methods, "random"]}

@@ -230,14 +230,17 @@ class Predictor:
         Args:
             inputs: a text, texts, or records with the task's columns (like ``predict``).
             method: ``ig`` (integrated gradients), ``gradxinput``, ``attention`` (rollout), ``occlusion`` or
-                ``lime``; the last two also work for ONNX artifacts.
-            target: the label to explain (default: the predicted one).
+                ``lime``; for classification, relation and prompted classification the last two run through
+                ``predict``, so ONNX artifacts too; NER and QA explain on the PyTorch model (not ``lime``).
+            target: what to explain — classification/relation: a label (default: the predicted one); NER: a
+                predicted entity as ``TYPE@start:end``, its text or its type (default: the first); QA: ``start``
+                or ``end`` of the predicted answer (default: start). ``targets`` in the result lists them.
             options: method settings: ``steps`` (ig, default 32), ``samples`` and ``seed`` (lime).
 
         Returns:
             One dict per input (one for a string): ``method``, ``target``, ``score`` (its probability),
             ``column``, ``text`` and ``words`` with ``start``/``end`` character offsets and ``attribution``
-            (positive: towards the target).
+            (positive: towards the target), and ``targets`` (what else can be explained for this input).
 
         Raises:
             ConfigError: an unknown method or label, or a gradient method on a runtime without gradients.

@@ -38,7 +38,7 @@ MIN_CALIBRATION = 20  # fewer labelled predictions than this give no calibration
 def analyze(model: str | Path | Predictor, data: Any, *, out: str | Path | None = None, html: str | Path | None = None,
             slices: list[str] | None = None, maps: list[str] | None = None, hardest: int = 10, explain: str | None = "auto",
             calibrate: bool = False, limit: int | None = None, seed: int = 0, batch_size: int = 64,
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, name: str | None = None) -> dict[str, Any]:
     """Analyse a model's errors on labelled data.
 
     Args:
@@ -57,6 +57,7 @@ def analyze(model: str | Path | Predictor, data: Any, *, out: str | Path | None 
         seed: for the sample, t-SNE and UMAP.
         batch_size: inputs run through the model together.
         quiet: no progress lines on stderr.
+        name: what the report calls the model (default: the artifact's run name).
 
     Returns:
         ``{"title", "meta", "metrics", "calibration", "maps", "slices", "sections", "hardest", "examples",
@@ -100,8 +101,8 @@ def analyze(model: str | Path | Predictor, data: Any, *, out: str | Path | None 
     rows = task.analysis_rows(records, predictions)
     notes: list[str] = []
     analysis: dict[str, Any] = {
-        "title": f"tunelab analysis: {artifact_name(predictor)}",
-        "meta": {"artifact": str(predictor.path or "(in memory)"), "task": task.name, "data": records.source,
+        "title": f"tunelab analysis: {name or artifact_name(predictor)}",
+        "meta": {"artifact": str(predictor.path or name or "(in memory)"), "task": task.name, "data": records.source,
                  "examples": len(rows), "created": time.strftime("%Y-%m-%d %H:%M:%S")},
         "metrics": task.analysis_metrics(rows), "notes": notes,
     }
@@ -153,9 +154,10 @@ def _calibration(predictor: Predictor, rows: list[dict[str, Any]], store: bool, 
     after, halves = cross_fitted(probs, gold)
     temperature = fit_temperature(probs, gold)
     current = float(predictor.task.state.get("temperature", 1.0))
-    result = {"ece_before": expected_calibration_error(probs, gold), "ece_after": expected_calibration_error(after, gold),
-              "temperature": temperature * current, "stored_temperature": current,
-              "half_temperatures": [t * current for t in halves],
+    result = {"ece_before": round(expected_calibration_error(probs, gold), 4),
+              "ece_after": round(expected_calibration_error(after, gold), 4),
+              "temperature": round(temperature * current, 4), "stored_temperature": current,
+              "half_temperatures": [round(t * current, 4) for t in halves],
               "method": "temperature fitted on each half (even/odd rows) and applied to the other; bins of 1/15",
               "reliability_before": reliability(probs, gold), "reliability_after": reliability(after, gold)}
     if store:

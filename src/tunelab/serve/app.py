@@ -440,7 +440,8 @@ class ExplainRequest(BaseModel):
 
     input: Union[str, dict[str, Any]]
     method: str = Field("ig", description="ig, gradxinput, attention, occlusion or lime")
-    target: Optional[str] = Field(None, description="the label to explain (default: the predicted one)")
+    target: Optional[str] = Field(None, description="what to explain: a label (default: the predicted one), an entity "
+                                  "(TYPE@start:end, its text or type; default: the first), or start/end of an answer")
 
 
 def _add_explain_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -49,6 +50,23 @@ from ..inference import model_outputs
 from ..registry import TASKS
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class ExplainInputs:
+    """What the model-side explanation methods need from a task for one record and target.
+
+    Args:
+        batch: the model's inputs for the record (a batch of one; ``input_ids``, ``attention_mask``, ...).
+        spans: per token, its character span in the explained text (None: special or not attributed).
+        score: model outputs -> the target's probability, one value per batch row (a differentiable tensor).
+        focus: the token positions the target sits on (attention rollout reads from them).
+    """
+
+    batch: dict[str, torch.Tensor]
+    spans: list[tuple[int, int] | None]
+    score: Callable[[Any], torch.Tensor]
+    focus: list[int] = field(default_factory=lambda: [0])
 
 
 class Task:
@@ -275,31 +293,54 @@ class Task:
         return []
 
     # ---- explanations (tunelab.explain) ------------------------------------------------------------
+    explains_by_prediction: ClassVar[bool] = False  # explain_score reads predictions: occlusion, lime and
+    # faithfulness run through predict (so on any runtime); otherwise every method runs on the PyTorch model
+
     def explain_column(self, record: dict[str, Any]) -> str:
         """The column whose words an explanation attributes (default: the first input column)."""
         return self.input_columns()[0]
 
-    def explain_default_target(self, prediction: dict[str, Any]) -> str:
-        """What to explain when no target is given (the predicted label)."""
-        raise ConfigError(f"explanations are not available for the {self.name} task yet")
+    def explain_text(self, record: dict[str, Any]) -> str:
+        """The text whose words are attributed (default: the explain column's); ``explain_inputs`` spans and
+        explanation offsets are in its characters."""
+        column = self.explain_column(record)
+        if column not in record:
+            raise DataError(f"column {column!r} is missing: the model reads its text from there "
+                            f"(the input has {', '.join(map(repr, record)) or 'no columns'})")
+        text = record[column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"column {column!r}: an empty text has nothing to explain")
+        return text
+
+    def explain_targets(self, prediction: dict[str, Any]) -> list[str]:
+        """What can be explained in one prediction (labels, entities, answer start/end); the default first."""
+        raise ConfigError(f"explanations are not available for the {self.name} task")
+
+    def explain_resolve_target(self, prediction: dict[str, Any], target: str | None) -> str:
+        """The target to explain: the default one when None, else ``target`` checked against ``explain_targets``."""
+        targets = self.explain_targets(prediction)
+        if not targets:
+            raise DataError("the model predicted nothing here to explain")
+        if target is None:
+            return targets[0]
+        if str(target) not in targets:
+            raise ConfigError(f"target {target!r} is not one of this prediction's: {', '.join(targets)}")
+        return str(target)
 
     def explain_score(self, prediction: dict[str, Any], target: str) -> float:
-        """The target's probability in one prediction: what the attribution methods explain."""
-        raise ConfigError(f"explanations are not available for the {self.name} task yet")
+        """``explains_by_prediction`` tasks: the target's probability in one prediction."""
+        raise ConfigError(f"the {self.name} task scores explanations on the model, not on predictions")
 
     def explain_protected(self, text: str) -> list[tuple[int, int]]:
         """Character spans an explanation never removes (e.g. entity markers)."""
         return []
 
-    def explain_inputs(self, processor: Any, record: dict[str, Any], column: str) -> tuple[dict[str, torch.Tensor], list]:
-        """Gradient methods: the model's batch of one for ``record`` and, per token, its character span in
-        ``column``'s text (None for special tokens and the other columns)."""
+    def explain_inputs(self, processor: Any, record: dict[str, Any], target: str, prediction: dict[str, Any]) -> ExplainInputs:
+        """Model-side methods: the batch of one ``encode`` makes for ``record``, each token's character span in
+        ``explain_text`` (None for special tokens), how to read the target's probability from the outputs, and the
+        tokens the target sits on."""
         raise ConfigError(f"gradient methods (ig, gradxinput, attention) are not available for the {self.name} task; "
                           "use occlusion or lime")
-
-    def explain_probs(self, outputs: Any) -> torch.Tensor:
-        """Gradient methods: the model output as probabilities per label, [batch, labels]."""
-        raise ConfigError(f"gradient methods are not available for the {self.name} task")
 
     # ---- error analysis (tunelab.analyze) -----------------------------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:

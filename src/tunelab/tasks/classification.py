@@ -21,7 +21,7 @@ from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
 from ..errors import DataError
 from ..probabilities import sigmoid, softmax
-from .base import Task
+from .base import ExplainInputs, Task
 from .common import LabelScores, label_str, label_weights, pad_batch
 from .prompted_classification import PromptClassifier
 
@@ -229,8 +229,9 @@ class ClassificationTask(LabelScores, Task):
         ]
 
     # ---- explanations ------------------------------------------------------------------------------
-    def explain_inputs(self, tokenizer: Any, record: dict[str, Any], column: str) -> tuple[dict[str, torch.Tensor], list]:
-        """The batch ``encode`` makes for ``record`` (same ids), and each token's character span in ``column``."""
+    def explain_inputs(self, tokenizer: Any, record: dict[str, Any], target: str, prediction: dict[str, Any]) -> ExplainInputs:
+        """The batch ``encode`` makes for ``record`` (same ids), each token's span in the text, and the target
+        label's probability (softmax, or its sigmoid for multi-label)."""
         s = self.state
         pair_col = s.get("text_pair_column")
         text = str(record[s["text_column"]])
@@ -238,14 +239,16 @@ class ClassificationTask(LabelScores, Task):
         enc = tokenizer(text, pair, truncation=True, max_length=s["max_length"], return_offsets_mapping=True,
                         return_tensors="pt")
         offsets = enc.pop("offset_mapping")[0].tolist()
-        which = 0 if column == s["text_column"] else 1
-        spans = [(a, b) if sid == which and b > a else None for sid, (a, b) in zip(enc.sequence_ids(0), offsets)]
-        return dict(enc), spans
+        spans = [(a, b) if sid == 0 and b > a else None for sid, (a, b) in zip(enc.sequence_ids(0), offsets)]
+        index = self.labels.index(target)
 
-    def explain_probs(self, outputs: Any) -> torch.Tensor:
-        """Softmax over the labels (sigmoid per label for multi-label)."""
-        logits = outputs.logits.float()
-        return torch.sigmoid(logits) if self.problem_type == "multi_label" else torch.softmax(logits, dim=-1)
+        def score(outputs: Any) -> torch.Tensor:
+            logits = outputs.logits.float()
+            if self.problem_type == "multi_label":
+                return torch.sigmoid(logits)[:, index]
+            return torch.softmax(logits / s.get("temperature", 1.0), dim=-1)[:, index]
+
+        return ExplainInputs(dict(enc), spans, score)
 
     # ---- error analysis: single-label in LabelScores; multi-label and regression here -------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data import Records
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "classifier_dropout")
 
@@ -111,14 +111,24 @@ class LabelScores:
     prompted classification): the target is a label, its score the prediction's probability for it."""
 
     labels: list[str]
+    explains_by_prediction = True
 
-    def explain_default_target(self, prediction: dict[str, Any]) -> str:
-        """The predicted label (multi-label: the highest-scoring one)."""
+    def explain_targets(self, prediction: dict[str, Any]) -> list[str]:
+        """The labels, the predicted one (multi-label: the highest-scoring one) first."""
         if prediction.get("label") is not None:
-            return str(prediction["label"])
-        if not prediction.get("scores"):
+            first = str(prediction["label"])
+        elif prediction.get("scores"):
+            first = max(prediction["scores"], key=prediction["scores"].get)
+        else:
             raise DataError("this prediction has no label scores to explain (a regression model?)")
-        return max(prediction["scores"], key=prediction["scores"].get)
+        return [first] + [name for name in self.labels if name != first]
+
+    def explain_resolve_target(self, prediction: dict[str, Any], target: str | None) -> str:
+        """The predicted label when ``target`` is None, else ``target`` if it is one of the model's labels."""
+        targets = self.explain_targets(prediction)
+        if target is not None and str(target) not in targets:
+            raise ConfigError(f"target {target!r} is not a label of this model; its labels: {', '.join(self.labels)}")
+        return targets[0] if target is None else str(target)
 
     def explain_score(self, prediction: dict[str, Any], target: str) -> float:
         """The prediction's probability for ``target``."""

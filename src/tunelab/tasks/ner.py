@@ -432,6 +432,57 @@ class NerTask(Task):
             pred.append(self._tags(probs))
         return entity_metrics(gold, pred)
 
+    # ---- explanations: one predicted entity at a time -------------------------------------------
+    def explain_column(self, record: dict[str, Any]) -> str:
+        """The tokens column when the record has one, else the text column."""
+        return self.state["tokens_column"] if self.state["tokens_column"] in record else self.state["text_column"]
+
+    def explain_text(self, record: dict[str, Any]) -> str:
+        """The record's text as the model reads it (tokens joined by spaces); entity offsets refer to it."""
+        return self._examples(Records([record], "input", None, list(record)), with_labels=False)[0]["text"]
+
+    def explain_targets(self, prediction: dict[str, Any]) -> list[str]:
+        """Each predicted entity as ``TYPE@start:end`` (character offsets in the text), in text order."""
+        return [f"{e['type']}@{e['start']}:{e['end']}" for e in prediction["entities"]]
+
+    def explain_resolve_target(self, prediction: dict[str, Any], target: str | None) -> str:
+        """The first predicted entity when ``target`` is None; else the entity named ``TYPE@start:end``, or the
+        first one whose text or type is ``target``."""
+        targets = self.explain_targets(prediction)
+        if not targets:
+            raise DataError("no entity was predicted in this text, so there is none to explain")
+        if target is None or target in targets:
+            return targets[0] if target is None else target
+        for key, entity in zip(targets, prediction["entities"]):
+            if target in (entity["text"], entity["type"]):
+                return key
+        raise ConfigError(f"target {target!r} is not a predicted entity (give TYPE@start:end, its text or its type); "
+                          "predicted: " + ", ".join(f"{t} {e['text']!r}" for t, e in zip(targets, prediction["entities"])))
+
+    def explain_inputs(self, tokenizer: Any, record: dict[str, Any], target: str, prediction: dict[str, Any]) -> Any:
+        """The window ``encode`` makes that holds the entity, each token's word span, and the entity's type
+        probability: the mean over its words of p(B-TYPE) at the first and p(I-TYPE) at the rest (first sub-tokens)."""
+        from .base import ExplainInputs
+
+        kind, _, span = target.partition("@")
+        start, end = (int(x) for x in span.split(":"))
+        features = self.encode(Records([record], "input", None, list(record)), tokenizer, with_labels=False)
+        part = features[0]["parts"][0]
+        words = [k for k, (a, b) in enumerate(part["offsets"]) if start <= a and b <= end]
+        feature = next((f for f in features if all(w in f["word_ids"] for w in words)), None)
+        if feature is None:
+            raise DataError(f"entity {target} is longer than one window of the model ({self.state['max_length']} tokens)")
+        firsts = [feature["word_ids"].index(w) for w in words]
+        tags = [self.label_to_id[f"{'B' if k == 0 else 'I'}-{kind}"] for k in range(len(words))]
+        spans = [None if w is None else tuple(part["offsets"][w]) for w in feature["word_ids"]]
+        batch = self.collate(tokenizer)([{k: feature[k] for k in ("input_ids", "token_type_ids") if k in feature}])
+
+        def score(outputs: Any) -> torch.Tensor:
+            probs = torch.softmax(outputs.logits.float(), dim=-1)
+            return probs[:, firsts, tags].mean(-1)
+
+        return ExplainInputs(batch, spans, score, firsts)
+
     # ---- error analysis ---------------------------------------------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per record: gold and predicted entities (strict IOB2, as the metrics count them), counts per type, and

@@ -132,6 +132,55 @@ class QaTask(Task):
         """Inputs as Records, SQuAD articles flattened to one record per question."""
         return flatten_squad(super().as_records(inputs))
 
+    # ---- explanations: the answer's start and end, over question and context ------------------------
+    def explain_column(self, record: dict[str, Any]) -> str:
+        """The context column (the explained text is the question, a blank line, then the context)."""
+        return self.state["context_column"]
+
+    def explain_text(self, record: dict[str, Any]) -> str:
+        """The question, a blank line and the context: both are attributed."""
+        ex = self._examples(Records([record], "input", None, list(record)), False)[0]
+        return f"{ex['question']}\n\n{ex['context']}"
+
+    def explain_targets(self, prediction: dict[str, Any]) -> list[str]:
+        """The predicted answer's ``start`` and ``end`` (each explained on its own)."""
+        return ["start", "end"]
+
+    def explain_inputs(self, tokenizer: Any, record: dict[str, Any], target: str, prediction: dict[str, Any]) -> Any:
+        """The window ``encode`` makes that holds the predicted answer, each token's span in question + context,
+        and the probability of the answer's start (or end) token; no answer: the [CLS] position's."""
+        from .base import ExplainInputs
+
+        s = self.state
+        ex = self._examples(Records([record], "input", None, list(record)), False)[0]
+        shift = len(ex["question"]) + 2
+        enc = tokenizer(ex["question"], ex["context"], truncation="only_second", max_length=s["max_length"],
+                        stride=s["doc_stride"], return_overflowing_tokens=True, return_offsets_mapping=True)
+        window, token = 0, 0
+        if prediction.get("start") is not None:
+            a, b = prediction["start"], prediction["end"]
+            for k in range(len(enc["input_ids"])):
+                context = [(j, o) for j, (sid, o) in enumerate(zip(enc.sequence_ids(k), enc["offset_mapping"][k]))
+                           if sid == 1]
+                if context and context[0][1][0] <= a and b <= context[-1][1][1]:
+                    first = next(j for j, o in context if o[1] > a)
+                    last = next(j for j, o in reversed(context) if o[0] < b)
+                    window, token = k, first if target == "start" else last
+                    break
+        spans: list[tuple[int, int] | None] = []
+        for sid, (x, y) in zip(enc.sequence_ids(window), enc["offset_mapping"][window]):
+            spans.append(None if sid is None or y <= x else (x, y) if sid == 0 else (x + shift, y + shift))
+        feature = {"input_ids": enc["input_ids"][window]}
+        if "token_type_ids" in enc:
+            feature["token_type_ids"] = enc["token_type_ids"][window]
+        batch = self.collate(tokenizer)([feature])
+
+        def score(outputs: Any) -> torch.Tensor:
+            logits = outputs.start_logits if target == "start" else outputs.end_logits
+            return torch.softmax(logits.float(), dim=-1)[:, token]
+
+        return ExplainInputs(batch, spans, score, [token])
+
     # ---- error analysis ---------------------------------------------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per question: the gold answers, the predicted one, SQuAD exact match and F1 (loss: 1 - F1), its

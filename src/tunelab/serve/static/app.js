@@ -99,7 +99,7 @@ async function chooseModel(name) {
   $("relation-tools").hidden = view(model) !== "relation";
   if (view(model) === "relation") $("in-" + fields[0]).placeholder = "The <e1>company</e1> fabricates plastic <e2>chairs</e2>.";
   $("run").textContent = model.streams ? "Generate" : "Predict";
-  $("explain-tools").hidden = model.streams || !["labels", "relation"].includes(view(model));
+  $("explain-tools").hidden = model.streams || !["labels", "relation", "entities", "answer"].includes(view(model));
   $("run").disabled = false;
   $("result").replaceChildren();
   await showCard(model);
