@@ -186,7 +186,7 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session-wide: Playwright's sync API keeps an event loop running meanwhile
 def browser():
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install -e '.[dev]'")
     executable = chromium_path()

@@ -15,7 +15,7 @@ import tunelab
 from tunelab.analysis.slices import slice_table
 from tunelab.cli import main
 from tunelab.errors import ConfigError, DataError
-from tunelab.tasks.ner import entity_errors
+from tunelab.tasks.entity_analysis import entity_errors
 from tunelab.tasks.qa import question_word
 
 from conftest import sentiment_rows, tiny_config, toy_qa, toy_sentences
@@ -201,5 +201,50 @@ def test_train_report_puts_the_validation_analysis_in_the_artifact(tiny_bert: Pa
     report = run.artifact_dir / "report"
     analysis = json.loads((report / "analysis.json").read_text())
     assert analysis["meta"]["examples"] == 24 and analysis["metrics"]["accuracy"] == pytest.approx(run.metrics["accuracy"])
+    assert analysis["title"] == "tunelab analysis: run"  # named after the run, not the task or a projection
     manifest = json.loads((run.artifact_dir / "manifest.json").read_text())
     assert "report/report.html" in manifest["files"] and "report/report.html" in manifest["sha256"]
+
+
+@pytest.mark.slow
+def test_an_onnx_export_is_analysed_by_prediction_and_says_what_needs_pytorch(classifier: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    exported = tunelab.export(classifier, tmp_path / "onnx")
+    result = tunelab.analyze(exported, labelled(), out=tmp_path / "a", hardest=2)
+    assert result["maps"] == {} and any("maps need the model's hidden states" in n for n in result["notes"])
+    assert [h["explanation"]["method"] for h in result["hardest"]] == ["occlusion", "occlusion"]
+    source = tunelab.analyze(classifier, labelled(), maps=[], hardest=0)
+    assert result["metrics"] == pytest.approx(source["metrics"], abs=1e-6)
+    assert result["calibration"]["ece_before"] == pytest.approx(source["calibration"]["ece_before"], abs=1e-3)
+
+
+def test_regression_is_analysed_by_squared_error(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = [{"text": r["text"], "label": 4.0 if r["label"] == "pos" else 1.0} for r in sentiment_rows(48)]
+    config = {**tiny_config(tiny_bert, tmp_path / "reg", epochs=1), "task": {"name": "classification",
+                                                                             "problem_type": "regression"}}
+    artifact = tunelab.fit(config, train=rows).artifact_dir
+    result = tunelab.analyze(artifact, rows[:20], maps=["pca"], hardest=3, out=tmp_path / "a")
+    predicted = [p["score"] for p in tunelab.Predictor.load(artifact).predict([{"text": r["text"]} for r in rows[:20]])]
+    rmse = float(np.sqrt(np.mean([(p - r["label"]) ** 2 for p, r in zip(predicted, rows[:20])])))
+    assert result["metrics"] == pytest.approx({"rmse": rmse}) and result["calibration"] is None
+    assert result["hardest"][0]["loss"] == pytest.approx(max((p - r["label"]) ** 2 for p, r in zip(predicted, rows[:20])))
+    assert Path(result["files"]["report"]).is_file()
+
+
+@pytest.mark.slow
+def test_umap_maps_when_umap_learn_is_installed(classifier: Path) -> None:
+    pytest.importorskip("umap", reason="umap-learn is not installed: pip install 'tunelab[analyze]'")
+    result = tunelab.analyze(classifier, labelled(), maps=["umap"], hardest=0)
+    points = np.asarray(result["maps"]["umap"])
+    assert points.shape == (40, 2) and np.isfinite(points).all() and points.std(axis=0).min() > 0
+
+
+def test_zero_shot_entity_extraction_is_analysed_like_ner(tiny_llama: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(model=str(tiny_llama), output_dir=str(tmp_path / "zs"), strategy="zero_shot",
+                      task={"name": "ner", "labels": ["PER", "LOC"]}, generate={"max_new_tokens": 8})
+    data = toy_sentences(6, seed=4)
+    result = tunelab.analyze(run.artifact_dir, data, maps=[], hardest=2)
+    metrics = tunelab.Predictor.load(run.artifact_dir).evaluate(data)
+    assert result["metrics"] == pytest.approx({k: metrics[k] for k in ("precision", "recall", "f1")})
+    assert {r["type"] for r in result["sections"][0]["table"]} >= {"PER", "LOC"}
+    assert sum(r["count"] for r in result["sections"][1]["table"]) >= sum(e["correct"] is False for e in result["examples"])

@@ -149,6 +149,13 @@ def test_entities_are_highlighted_in_the_text_and_text_stays_text(page, server) 
     marks = page.eval_on_selector_all("mark.span", "ms => ms.map(m => [m.dataset.type, m.firstChild.textContent])")
     assert sorted(marks) == [["LOC", "Lima"], ["PER", "Carol"]]
     assert page.inner_text(".marked").replace(" PER", "").replace(" LOC", "") == "Carol lives in Lima ."
+    # Explain: the first entity's heat map over the sentence's words (integrated gradients)
+    page.select_option("#method", "ig")
+    page.click("#explain")
+    page.wait_for_selector(".explanation .heat")
+    assert page.eval_on_selector_all(".explanation .heat", "spans => spans.map(s => s.textContent)") == [
+        "Carol", "lives", "in", "Lima", "."]
+    assert "Why PER@0:5" in page.inner_text(".explanation")
     # a text that looks like HTML is shown as text, never run
     run_model(page, "people", "<img src=x onerror=alert(1)> Erin lives in Oslo .")
     page.wait_for_function("document.querySelector('.marked') && document.querySelector('.marked').textContent.includes('<img')")

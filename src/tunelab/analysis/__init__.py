@@ -80,10 +80,10 @@ def analyze(model: str | Path | Predictor, data: Any, *, out: str | Path | None 
         kind, _, arg = spec.partition(":")
         SLICERS.get(kind)([], [], arg)
     projections = M.available() if maps is None else list(maps)
-    for name in projections:
-        if name not in M.PROJECTORS:
-            raise ConfigError(f"maps: unknown projection {name!r}; known: {', '.join(M.PROJECTORS)}")
-        if name not in M.available():
+    for projection in projections:
+        if projection not in M.PROJECTORS:
+            raise ConfigError(f"maps: unknown projection {projection!r}; known: {', '.join(M.PROJECTORS)}")
+        if projection not in M.available():
             raise ConfigError("maps: umap needs the umap-learn package (pip install umap-learn)")
     if calibrate and not task.scales_temperature():
         raise ConfigError(f"calibrate: a {task.name} artifact's scores have no temperature to store "

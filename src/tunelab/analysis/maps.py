@@ -78,7 +78,7 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
 def _umap(x: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
-    return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed).fit_transform(x)
+    return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1).fit_transform(x)
 
 
 PROJECTORS = {"pca": _pca, "tsne": _tsne, "umap": _umap}

@@ -43,6 +43,14 @@ SECTION_PLOTS: dict[str, Callable[[dict[str, Any], Path, str], Path]] = {
     "confusion": _confusion, "per_label": _per_label, "bars": _bars}
 
 
+def group(row: dict[str, Any], key: str) -> str:
+    """A row's colour group on the maps: its gold (``group_gold``) or predicted (``group_pred``) label where the
+    task has labels, else right/wrong (or one group when the task has no right or wrong, e.g. generation)."""
+    if key in row:
+        return str(row[key])
+    return {True: "right", False: "wrong"}.get(row["correct"], "all")
+
+
 def slug(title: str) -> str:
     """A file name from a section title."""
     return "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")[:60] or "plot"
@@ -52,8 +60,7 @@ def write_plots(analysis: dict[str, Any], rows: list[dict[str, Any]], folder: Pa
     """Every plot of the analysis as a PNG in ``folder``; returns {name: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    gold = [str(r.get("group_gold", "right" if r["correct"] else "wrong")) for r in rows]
-    pred = [str(r.get("group_pred", "right" if r["correct"] else "wrong")) for r in rows]
+    gold, pred = [group(r, "group_gold") for r in rows], [group(r, "group_pred") for r in rows]
     wrong = [r["correct"] is False for r in rows]
     for name, points in analysis["maps"].items():
         files[f"map_{name}"] = map_png(np.asarray(points), gold, pred, wrong, folder / f"map_{name}.png", NAMES[name])
@@ -102,13 +109,11 @@ def map_svg(name: str, points: list[list[float]], rows: list[dict[str, Any]], si
     low, high = xy.min(axis=0), xy.max(axis=0)
     span = np.where(high - low > 0, high - low, 1.0)
     scaled = 10 + (xy - low) / span * (size - 20)
-    groups = sorted({str(r.get("group_gold", "right" if r["correct"] else "wrong")) for r in rows}
-                    | {str(r.get("group_pred", "right" if r["correct"] else "wrong")) for r in rows})
+    groups = sorted({group(r, "group_gold") for r in rows} | {group(r, "group_pred") for r in rows})
     colour = {g: PALETTE[k % len(PALETTE)] for k, g in enumerate(groups)}
     dots = []
     for (x, y), r in zip(scaled, rows):
-        g = str(r.get("group_gold", "right" if r["correct"] else "wrong"))
-        p = str(r.get("group_pred", "right" if r["correct"] else "wrong"))
+        g, p = group(r, "group_gold"), group(r, "group_pred")
         ring = ' stroke="#111" stroke-width="1.5" class="dot wrong"' if r["correct"] is False else ' class="dot"'
         tip = f"{r['text'][:300]}\ngold: {r['gold'][:120]}\npredicted: {r['pred'][:120]}"
         dots.append(f'<circle cx="{x:.1f}" cy="{size - y:.1f}" r="4" fill="{colour[g]}" data-gold="{colour[g]}" '

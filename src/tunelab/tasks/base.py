@@ -25,6 +25,10 @@ member                 what it is
 ``compute_metrics``    model outputs + labelled features -> metrics (``primary_metric`` picks the best)
 ``predict_records`` /  prediction and evaluation on records; the defaults run the model over the
 ``evaluate_records``   encoded features (generation and prompted tasks override them)
+``explain_*``          what explanations attribute: the text, the targets (labels, entities, answer
+                       ends), the target's score on predictions or on the model (``ExplainInputs``)
+``analysis_*``         ``tunelab analyze``: per-record rows, metrics of a slice, the task's own sections;
+                       ``scales_temperature`` says whether a fitted temperature can be stored
 =====================  ==========================================================================
 
 Example:
@@ -344,9 +348,9 @@ class Task:
 
     # ---- error analysis (tunelab.analyze) -----------------------------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One plain row per labelled record for ``tunelab.analyze``: ``text`` (what slices look at; with
-        ``text_pair`` if the model reads two texts, what maps embed), ``gold``
-        and ``pred`` (short strings), ``correct``, ``loss`` (higher: worse) and what ``analysis_metrics`` needs;
+        """One plain row per labelled record for ``tunelab.analyze``: ``text`` (what slices look at; maps embed it,
+        with ``text_pair`` when the model reads two texts), ``gold`` and ``pred`` (short strings), ``correct``
+        (None when the task has no right or wrong), ``loss`` (higher: worse) and what ``analysis_metrics`` needs;
         optionally ``probs`` + ``gold_index`` (calibration) and ``group_gold``/``group_pred`` (map colours)."""
         raise ConfigError(f"tunelab analyze is not available for the {self.name} task")
 

@@ -41,6 +41,7 @@ from ..probabilities import softmax
 from ..tags import TagError, detect_scheme, spans, split_tag, to_bio
 from .base import Task
 from .common import label_weights, pad_batch, special_tokens_around
+from .entity_analysis import EntityAnalysis, entity_row
 from .prompted_ner import Entity, PromptExtractor
 from .words import _CJK, WORD_RE, join_tokens, split_words, word_pattern  # noqa: F401  (public from here too)
 
@@ -94,7 +95,7 @@ class EntityPrediction(BaseModel):
     words: list[str]
 
 
-class NerTask(Task):
+class NerTask(EntityAnalysis, Task):
     """Named-entity recognition by token classification (see the module docstring)."""
 
     Options = NerOptions
@@ -483,43 +484,13 @@ class NerTask(Task):
 
         return ExplainInputs(batch, spans, score, firsts)
 
-    # ---- error analysis ---------------------------------------------------------------------------
+    # ---- error analysis (metrics and sections: EntityAnalysis) ------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Per record: gold and predicted entities (strict IOB2, as the metrics count them), counts per type, and
         each error's kind (boundary, type, both, missed, spurious); the loss is the number of wrong entities."""
-        rows = []
-        for ex, prediction in zip(self._examples(records, with_labels=True), predictions):
-            gold, pred = set(spans(ex["tags"], strict=True)), set(spans(prediction["tags"], strict=True))
-            kinds = entity_errors(gold, pred)
-            by_type: dict[str, list[int]] = {}
-            for kind, a, b in gold | pred:
-                counts = by_type.setdefault(kind, [0, 0, 0])
-                counts[0 if (kind, a, b) in gold & pred else 1 if (kind, a, b) in pred else 2] += 1
-            wrong = len(gold ^ pred)
-            rows.append({"text": ex["text"], "gold": _show(gold, ex["words"]), "pred": _show(pred, ex["words"]),
-                         "correct": wrong == 0,
-                         "loss": float(wrong), "tp": len(gold & pred), "fp": len(pred - gold), "fn": len(gold - pred),
-                         "by_type": by_type, "errors": kinds})
-        return rows
-
-    def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
-        """Strict entity precision, recall and F1 (micro) over the rows."""
-        tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
-        return prf(tp, fp, fn)
-
-    def analysis_sections(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per entity type P/R/F1, and the errors by kind: boundary vs type vs both, missed, spurious."""
-        totals: dict[str, list[int]] = {}
-        for row in rows:
-            for kind, counts in row["by_type"].items():
-                totals[kind] = [x + y for x, y in zip(totals.get(kind, [0, 0, 0]), counts)]
-        report = {kind: {**prf(*c), "support": c[0] + c[2]} for kind, c in sorted(totals.items())}
-        errors = Counter(kind for row in rows for kind in row["errors"])
-        table = [{"error": k, "count": errors.get(k, 0), "meaning": ERROR_KINDS[k]} for k in ERROR_KINDS]
-        return [{"title": "Per entity type", "table": [{"type": k, **v} for k, v in report.items()],
-                 "plot": {"kind": "per_label", "report": report}},
-                {"title": "Errors: boundary vs type", "table": table,
-                 "plot": {"kind": "bars", "values": {k: errors.get(k, 0) for k in ERROR_KINDS}, "xlabel": "entities"}}]
+        return [entity_row(ex["text"], set(spans(ex["tags"], strict=True)), set(spans(prediction["tags"], strict=True)),
+                           lambda span, words=ex["words"]: " ".join(words[span[1]:span[2]]))
+                for ex, prediction in zip(self._examples(records, with_labels=True), predictions)]
 
     def plots(self, metrics: dict[str, Any], folder: Path) -> list[Path]:
         from ..plots import per_label_f1_png
@@ -533,42 +504,3 @@ class NerTask(Task):
 
 def _has(records: Records, column: str) -> bool:
     return any(column in r for r in records.rows[:50])
-
-
-ERROR_KINDS = {
-    "boundary": "right type, overlapping but different span",
-    "type": "right span, wrong type",
-    "type_and_boundary": "overlapping span with another type",
-    "missed": "a gold entity no prediction overlaps",
-    "spurious": "a predicted entity no gold entity overlaps",
-}
-
-
-def entity_errors(gold: set[tuple[str, int, int]], pred: set[tuple[str, int, int]]) -> list[str]:
-    """The kind of each wrong entity (see ``ERROR_KINDS``): a predicted entity that overlaps a gold one is a
-    boundary, type or type-and-boundary error; gold entities nothing overlaps are missed, predicted ones spurious."""
-    def overlaps(x: tuple[str, int, int], y: tuple[str, int, int]) -> bool:
-        return x[1] < y[2] and y[1] < x[2]
-
-    kinds, explained = [], set()
-    for p in sorted(pred - gold, key=lambda e: e[1]):
-        hit = [g for g in gold - pred if overlaps(p, g)]
-        if not hit:
-            kinds.append("spurious")
-            continue
-        g = next((h for h in hit if h[1:] == p[1:]), next((h for h in hit if h[0] == p[0]), hit[0]))
-        explained.add(g)
-        kinds.append("type" if g[1:] == p[1:] else "boundary" if g[0] == p[0] else "type_and_boundary")
-    kinds += ["missed"] * len(gold - pred - explained)
-    return kinds
-
-
-def _show(found: set[tuple[str, int, int]], words: list[str]) -> str:
-    return "; ".join(f"{k}: {' '.join(words[a:b])}" for k, a, b in sorted(found, key=lambda e: e[1]))
-
-
-def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-    """Precision, recall and F1 from counts."""
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}

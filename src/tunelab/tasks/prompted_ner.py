@@ -15,6 +15,7 @@ from ..errors import DataError
 from ..metrics import span_metrics
 from ..prompts import chat_messages, fill, render_prompt
 from .base import Task
+from .entity_analysis import EntityAnalysis, entity_row
 from .prompted_classification import _text
 from .words import join_tokens
 
@@ -85,7 +86,7 @@ class ExtractedEntities(BaseModel):
     raw: str | None = None
 
 
-class PromptExtractor(Task):
+class PromptExtractor(EntityAnalysis, Task):
     """Zero-shot entity extraction: generate ``TYPE: text`` lines, parse them into character spans."""
 
     name = "ner"
@@ -166,6 +167,15 @@ class PromptExtractor(Task):
             return {(kind, offsets[a][0], offsets[b - 1][1]) for kind, a, b in spans(bio)}
         raise DataError(f"{records.where(i)}: evaluation needs gold entities ({s['entities_column']!r}) or "
                         f"tokens + tags ({s['tokens_column']!r}, {s['tags_column']!r})")
+
+    def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per record: gold and extracted entities as character spans, counts per type and each error's kind."""
+        rows = []
+        for i, (row, prediction) in enumerate(zip(records.rows, predictions)):
+            text = self._text(row, records, i)
+            pred = {(e["type"], e["start"], e["end"]) for e in prediction["entities"]}
+            rows.append(entity_row(text, self.gold_spans(row, records, i), pred, lambda span, t=text: t[span[1]:span[2]]))
+        return rows
 
     def evaluate_records(self, model: Any, tokenizer: Any, records: Records, batch_size: int = 16) -> dict[str, Any]:
         gold = [self.gold_spans(r, records, i) for i, r in enumerate(records.rows)]
