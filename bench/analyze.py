@@ -28,7 +28,7 @@ def screenshot(report: Path, path: Path) -> None:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/lib/chromium/chromium")
-        page = browser.new_page(viewport={"width": 1000, "height": 1250})
+        page = browser.new_page(viewport={"width": 1300, "height": 1150})
         page.goto(report.resolve().as_uri())
         page.screenshot(path=str(path))
         browser.close()

@@ -102,7 +102,7 @@ def table_html(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def map_svg(name: str, points: list[list[float]], rows: list[dict[str, Any]], size: int = 460) -> str:
+def map_svg(name: str, points: list[list[float]], rows: list[dict[str, Any]], size: int = 380) -> str:
     """One projection as an inline SVG: a circle per record coloured by gold group (``data-pred`` holds the
     predicted group's colour for the page's switch), wrong ones ringed; hover shows the text, gold and prediction."""
     xy = np.asarray(points, dtype=float)
@@ -136,12 +136,12 @@ if (onlyWrong) onlyWrong.addEventListener('change', function (e) {
 });
 """
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#1d2430}"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem;color:#1d2430}"
          "table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}td,th{border:1px solid #d5dae1;"
          "padding:.25rem .5rem;text-align:left;vertical-align:top;max-width:32rem}th{background:#f3f5f8}"
          "img{max-width:100%;height:auto;display:block;margin:.5rem 0}.maps{display:flex;flex-wrap:wrap;gap:1rem}"
          "figure.map{margin:0}svg{border:1px solid #d5dae1;background:#fff;max-width:100%;height:auto}"
-         ".legend{font-size:.8rem;max-width:460px}.key{margin-right:.6rem;white-space:nowrap}.key i{display:inline-block;"
+         ".legend{font-size:.8rem;max-width:380px}.key{margin-right:.6rem;white-space:nowrap}.key i{display:inline-block;"
          "width:.7rem;height:.7rem;margin-right:.2rem;border-radius:50%}.note{color:#6b4e00}"
          "section{margin:2rem 0}.hard{border-top:1px solid #d5dae1;padding:.5rem 0}" + HEATMAP_CSS)
 
