@@ -17,7 +17,7 @@ LAYERS = [
      "checkpoint", "rundir", "calibration"},
     {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes"},
     {"tasks"},
-    {"methods", "train", "adapters", "explain"},
+    {"methods", "train", "adapters", "explain", "adversarial"},
     {"predictor"},
     {"strategies", "analysis"},
     {"api", "export", "export_check", "export_genai", "compress", "serve"},

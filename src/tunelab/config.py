@@ -77,6 +77,16 @@ class MethodOptions(_Strict):
         return value
 
 
+class AdversarialConfig(_Strict):
+    """``train.adversarial``: learn from input embeddings perturbed against the model (``tunelab.adversarial``)."""
+
+    method: Literal["fgm", "pgd", "freelb"] = Field("fgm", description="fgm: one step; pgd: projected steps, learn "
+                                                    "from the last; freelb: learn from every step")
+    epsilon: float = Field(1.0, gt=0, description="L2 radius of each example's embedding perturbation")
+    steps: int = Field(3, ge=1, le=20, description="pgd/freelb: ascent steps (each one more forward and backward)")
+    alpha: float | None = Field(None, gt=0, description="pgd/freelb: step size (default 2.5 * epsilon / steps)")
+
+
 class TrainConfig(_Strict):
     """The training loop's knobs."""
 
@@ -112,6 +122,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     stuck_patience: int = Field(200, ge=10, description="steps of exactly unchanged loss before stopping")
     track: Literal["none", "tensorboard", "mlflow"] = Field("none", description="opt-in experiment tracking")
+    adversarial: AdversarialConfig | None = Field(None, description="adversarial training on the input embeddings "
+                                                  "(finetune strategy)")
     report: bool = Field(False, description="write the error-analysis report of the validation set (tunelab analyze) "
                          "into the artifact's report/ folder")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import base_for
+from ..adversarial import AdversarialTraining
 from ..artifact import write_json
 from ..checkpoint import training_fingerprint
 from ..config import Config
@@ -70,11 +71,15 @@ class FineTune(Strategy):
         adaptation = method.adapt(model, cfg.method, Target(task.peft_task_type, head, task.trainable_token_ids(),
                                                              total_steps))
         counts = parameter_counts(adaptation.model)
+        adversary = None
+        if cfg.train.adversarial is not None:
+            adversary = AdversarialTraining(adaptation.model, **cfg.train.adversarial.model_dump(), seed=cfg.train.seed)
         result = train_loop(LoopInputs(
             model=adaptation.model, task=task, processor=processor, train_features=train_features,
             val_features=val_features, train=cfg.train, learning_rate=cfg.learning_rate, head_names=head,
             run_dir=job.run_dir, class_weights=task.class_weights(cfg.train.class_weights),
-            hooks=[*adaptation.hooks, *job.hooks], tracker_config=cfg.to_dict(), resume_from=resume_from,
+            hooks=[*adaptation.hooks, *([adversary] if adversary else []), *job.hooks], tracker_config=cfg.to_dict(),
+            resume_from=resume_from,
             resume_changes=resume_changes, fingerprint=fingerprint,
         ))
         model = adaptation.model
@@ -97,6 +102,8 @@ class FineTune(Strategy):
         report = {"primary_metric": result.metric_name, "best_step": result.best_step, "steps": result.steps,
                   "stopped_early": result.stopped_early, "train_samples_per_s": round(result.samples_per_s, 2),
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
+        if adversary is not None:
+            report["adversarial"] = adversary.summary(result.train_seconds)
         return Fitted(model, processor, task, val_metrics, test_metrics, model_format, counts, write_parts,
                       size_hint=sum(p.numel() * p.element_size() for p in tensors) + 2_000_000, report=report,
                       manifest={"method": cfg.method.model_dump(mode="json")}, train=result,

@@ -98,16 +98,19 @@ class EntityMarkerModel(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(2 * encoder.config.hidden_size, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, e1_index: torch.Tensor | None = None,
-                e2_index: torch.Tensor | None = None, output_hidden_states: bool = False, **_: Any) -> Any:
-        """Logits from the hidden states at the two entity markers; without entity positions (``e1_index``
-        None) only the encoder's ``hidden_states`` (what ``tunelab analyze`` maps)."""
+                e2_index: torch.Tensor | None = None, output_hidden_states: bool = False,
+                inputs_embeds: torch.Tensor | None = None, **_: Any) -> Any:
+        """Logits from the hidden states at the two entity markers (from ``input_ids`` or ``inputs_embeds``);
+        without entity positions (``e1_index`` None) only the encoder's ``hidden_states`` (what analyze maps)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        if inputs_embeds is not None:  # adversarial training and attributions feed embeddings, not ids
+            kwargs["inputs_embeds"] = inputs_embeds
         encoded = self.encoder(input_ids=input_ids, output_hidden_states=output_hidden_states, **kwargs)
         if e1_index is None:
             return SequenceClassifierOutput(hidden_states=encoded.hidden_states)
