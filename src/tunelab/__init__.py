@@ -19,6 +19,7 @@ apply_offline_default()  # before transformers/huggingface_hub are imported anyw
 from . import registry  # noqa: E402
 from .analysis import analyze  # noqa: E402
 from .api import Run, evaluate, fit, summary  # noqa: E402
+from .attack import attack  # noqa: E402
 from .compress import compress  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
 from .errors import (  # noqa: E402
@@ -56,6 +57,7 @@ __all__ = [
     "TunelabError",
     "__version__",
     "analyze",
+    "attack",
     "compress",
     "evaluate",
     "export",

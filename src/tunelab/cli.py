@@ -348,6 +348,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    """``tunelab attack ARTIFACT DATA [--recipe char|word] [--n 500]``: accuracy under attack, success rate, words
+    perturbed and queries, with examples; ``--out`` keeps the whole report as JSON."""
+    from .attack import attack
+    from .data import read_records
+    from .predictor import Predictor
+
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise InputError(f"--out {args.out}: the folder {Path(args.out).resolve().parent} does not exist")
+    records = read_records(_existing(args.data, "data"), format=args.format, encoding=args.encoding)
+    predictor = Predictor.load(args.artifact, threads=args.threads)
+    options = {"similarity": args.similarity} if args.similarity is not None else {}
+    report = attack(predictor, records, recipe=args.recipe, n=args.n, budget=args.budget, seed=args.seed, **options)
+    for key in ("clean_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_words_perturbed",
+                "avg_share_perturbed", "avg_queries"):
+        print(f"{key:>22}  {report[key]:.4f}")
+    for example in report["examples"][:3]:
+        print(f"\n  {example['gold']} -> {example['label_after']}\n    {example['original']}\n    {example['attacked']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -470,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(classification, relation): its scores then mean what they say")
     p.add_argument("--limit", type=_positive, help="analyse a seeded random sample of this many records")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("attack", help="robustness: attack a classifier's right predictions with character edits "
+                       "or synonyms and report accuracy under attack", parents=[common, reading])
+    p.add_argument("artifact", help="artifact or run directory")
+    p.add_argument("data", help="labelled records (the training columns)")
+    p.add_argument("--recipe", default="word", help="char (DeepWordBug-style edits) or word (WordNet synonyms under a "
+                   "MiniLM sentence-similarity constraint; default)")
+    p.add_argument("--n", type=_positive, default=500, help="attack a seeded sample of this many records (default 500)")
+    p.add_argument("--budget", type=float, default=0.25, help="most of a record's words an attack may change (default 0.25)")
+    p.add_argument("--similarity", type=float, help="word: minimum sentence cosine to the original (default 0.8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the whole report (with examples) as JSON here")
+    p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("export", help="export an artifact for fast prediction: ONNX (encoders, optionally int8) or "
                        "the ONNX Runtime GenAI engine (causal LMs, int8 by default)", parents=[common])

@@ -67,6 +67,15 @@ class Subject:
         spans = sorted([(a, b, k) for (a, b), k in zip(self.offsets, keep)] + [(a, b, True) for a, b in self.protected])
         return {**self.record, self.column: " ".join(self.text[a:b] for a, b, kept in spans if kept)}
 
+    def replacing(self, changes: dict[int, str]) -> dict[str, Any]:
+        """The record with word ``i`` replaced by ``changes[i]``; everything between the words stays as it was."""
+        text, at, parts = self.text, 0, []
+        for i in sorted(changes):
+            a, b = self.offsets[i]
+            parts += [text[at:a], changes[i]]
+            at = b
+        return {**self.record, self.column: "".join(parts) + text[at:]}
+
 
 @dataclass
 class Model:
