@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
-     "checkpoint", "rundir", "calibration", "synonyms"},
-    {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes"},
+     "checkpoint", "rundir", "calibration", "synonyms", "textedits"},
+    {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes", "augment"},
     {"tasks"},
     {"methods", "train", "adapters", "explain", "adversarial"},
     {"predictor"},

@@ -16,7 +16,8 @@ from conftest import NEGATIVE, POSITIVE, sentiment_rows, tiny_config, toy_senten
 
 SYNSETS = {"adj": [["great", "outstanding", "bang-up"], ["wonderful", "marvelous", "fantastic"],
                    ["awful", "dreadful", "terrible"], ["dull", "boring", "tedious"], ["great", "big"]],
-           "noun": [["film", "movie", "picture"], ["big_apple", "new_york"]], "verb": [["film", "shoot"]], "adv": []}
+           "noun": [["film", "movie", "picture"], ["big_apple", "new_york"]],
+           "verb": [["film", "shoot"], ["live", "dwell", "inhabit"]], "adv": []}
 
 
 def fake_wordnet(folder: Path) -> Path:
@@ -42,6 +43,7 @@ def test_wordnet_gives_single_word_synonyms_most_frequent_sense_first(tmp_path: 
     assert wordnet.synonyms("Great") == ["outstanding", "bang-up", "big"]
     assert wordnet.synonyms("film") == ["movie", "picture", "shoot"] and wordnet.synonyms("film", parts=("verb",)) == ["shoot"]
     assert wordnet.synonyms("new_york") == [] and wordnet.synonyms("zebra") == []
+    assert wordnet.synonyms("lives") == ["dwell", "inhabit"] and wordnet.synonyms("films") == ["movie", "picture", "shoot"]
     with pytest.raises(tunelab.ConfigError, match="not a WordNet database: index.noun, data.noun"):
         WordNet(tmp_path)
 

@@ -20,6 +20,7 @@ from . import registry  # noqa: E402
 from .analysis import analyze  # noqa: E402
 from .api import Run, evaluate, fit, summary  # noqa: E402
 from .attack import attack  # noqa: E402
+from .augment import register_augmenter  # noqa: E402
 from .compress import compress  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
 from .errors import (  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "__version__",
     "analyze",
     "attack",
+    "register_augmenter",
     "compress",
     "evaluate",
     "export",

@@ -117,6 +117,9 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
         strategy, reason = choose_strategy(cfg, train_records, resolved.path)
         if cfg.strategy == "auto":
             print(f"strategy auto -> {strategy}: {reason}", file=sys.stderr)
+        if cfg.data.augment and strategy != "finetune":
+            raise ConfigError(f"data.augment: augmentation feeds the finetune strategy's loop, not {strategy!r}; "
+                              "set strategy: finetune")
         if cfg.train.adversarial is not None and strategy != "finetune":
             raise ConfigError(f"train.adversarial: adversarial training runs in the finetune strategy's loop, not "
                               f"{strategy!r}; set strategy: finetune")

@@ -42,27 +42,7 @@ from .errors import ConfigError, DataError
 from .explain import EXPLAINERS, Model, Subject, subject_for
 from .predictor import Predictor
 from .registry import Registry
-
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has have having he her
-here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not of off on once
-only or other our ours ourselves out over own same she should so some such than that the their theirs them themselves
-then there these they this those through to too under until up very was we were what when where which while who whom why
-will with would you your yours yourself yourselves 's n't""".split())
-
-KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
-
-
-def _neighbours() -> dict[str, str]:
-    """Each letter's neighbours on a QWERTY keyboard (same row and the rows above and below)."""
-    where = {c: (r, k) for r, row in enumerate(KEYBOARD) for k, c in enumerate(row)}
-    out = {}
-    for c, (r, k) in where.items():
-        out[c] = "".join(d for d, (r2, k2) in where.items() if d != c and abs(r2 - r) <= 1 and abs(k2 - k) <= 1)
-    return out
-
-
-NEIGHBOURS = _neighbours()
+from .textedits import STOPWORDS, char_edits
 
 
 @dataclass
@@ -75,25 +55,8 @@ class Recipe:
     similar: Callable[[str, list[str]], list[bool]] | None = None
 
 
-def _char_candidates(word: str, rng: random.Random) -> list[str]:
-    if len(word) < 2 or not word.isalpha():
-        return []
-    out: list[str] = []
-    for _ in range(2):
-        i = rng.randrange(len(word) - 1)
-        out.append(word[:i] + word[i + 1] + word[i] + word[i + 2:])  # swap neighbours
-        j = rng.randrange(len(word))
-        near = NEIGHBOURS.get(word[j].lower())
-        if near:
-            c = rng.choice(near)
-            out.append(word[:j] + (c.upper() if word[j].isupper() else c) + word[j + 1:])  # keyboard typo
-        out.append(word[:j] + word[j + 1:])  # delete
-        out.append(word[:j] + rng.choice("abcdefghijklmnopqrstuvwxyz") + word[j:])  # insert
-    return [c for c in dict.fromkeys(out) if c and c != word]
-
-
 def _char_recipe(options: dict[str, Any]) -> Recipe:
-    return Recipe(_char_candidates, lambda word: not word.isalpha() or len(word) < 2)
+    return Recipe(char_edits, lambda word: not word.isalpha() or len(word) < 2)
 
 
 def _word_recipe(options: dict[str, Any]) -> Recipe:
@@ -228,4 +191,4 @@ def attack(model: str | Path | Predictor, data: Any, *, recipe: str = "word", n:
     return report
 
 
-__all__ = ["RECIPES", "Recipe", "STOPWORDS", "attack", "attack_one"]
+__all__ = ["RECIPES", "Recipe", "attack", "attack_one"]

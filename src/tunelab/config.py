@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .registry import METHODS, STRATEGIES, TASKS, load_plugins
+from .registry import AUGMENTERS, METHODS, STRATEGIES, TASKS, load_plugins
 
 
 class _Strict(BaseModel):
@@ -50,6 +50,22 @@ class TaskOptions(_Strict):
         return value
 
 
+class AugmentStep(_Strict):
+    """One ``data.augment`` step (``tunelab.augment``): ``n`` augmented copies of every training record."""
+
+    name: str = Field(description="synonym, insert, swap, delete, char_noise, paraphrase, entity_swap (NER)")
+    n: int = Field(1, ge=1, le=20, description="augmented copies per training record")
+    p: float = Field(0.1, gt=0.0, le=1.0, description="share of the words touched (delete: each word's probability; "
+                     "entity_swap: each entity's)")
+    model: str | None = Field(None, description="paraphrase: the causal LM that rewords (default smollm2)")
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        _registered(AUGMENTERS, value)
+        return value
+
+
 class DataConfig(_Strict):
     """The ``data:`` section every task shares; a task's own columns subclass this (``Task.Columns``)."""
 
@@ -63,6 +79,8 @@ class DataConfig(_Strict):
     text_column: str = "text"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
+    augment: list[AugmentStep] = Field(default_factory=list, description="augmentation of the training records "
+                                       "(finetune strategy; never validation or test)")
 
 
 class MethodOptions(_Strict):

@@ -63,6 +63,7 @@ class Registry(Generic[T]):
 TASKS: Registry[Any] = Registry("task")
 METHODS: Registry[Any] = Registry("method")
 STRATEGIES: Registry[Any] = Registry("strategy")
+AUGMENTERS: Registry[Any] = Registry("augmentation")  # filled by tunelab.augment
 
 
 def load_plugins() -> list[str]:

@@ -19,6 +19,11 @@ from pathlib import Path
 from .errors import ConfigError
 
 PARTS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
+# WordNet's detachment rules (morphy): an inflected form's base, tried when the form itself is no lemma
+SUFFIXES = {"noun": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
+                     ("ies", "y")],
+            "verb": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
+            "adj": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")], "adv": []}
 ENV = "TUNELAB_WORDNET"
 
 
@@ -75,8 +80,18 @@ class WordNet:
         count = int(fields[3], 16)
         return [fields[4 + 2 * k].split("(")[0] for k in range(count)]  # adjectives may carry (a)/(p) markers
 
+    def bases(self, word: str, part: str) -> list[str]:
+        """``word`` itself if it is a lemma of ``part``, else its bases by WordNet's suffix rules that are
+        (``lives`` -> ``live``; irregular forms, which need WordNet's exception lists, are not found)."""
+        index = self._offsets(part)
+        if word in index:
+            return [word]
+        return list(dict.fromkeys(word[: -len(old)] + new for old, new in SUFFIXES[part]
+                                  if word.endswith(old) and word[: -len(old)] + new in index))
+
     def synonyms(self, word: str, parts: tuple[str, ...] = tuple(PARTS), limit: int | None = None) -> list[str]:
-        """Other single-word lemmas of ``word``'s synsets, most frequent senses first (lower case).
+        """Other single-word lemmas of ``word``'s synsets (of its base form when inflected), most frequent senses
+        first (lower case, uninflected, as EDA takes them).
 
         Args:
             word: the word (any case).
@@ -86,11 +101,12 @@ class WordNet:
         key = word.lower()
         out: list[str] = []
         for part in parts:
-            for offset in self._offsets(part).get(key, []):
-                for lemma in self._lemmas(part, offset):
-                    lemma = lemma.lower()
-                    if lemma != key and "_" not in lemma and lemma not in out:
-                        out.append(lemma)
+            for base in self.bases(key, part):
+                for offset in self._offsets(part)[base]:
+                    for lemma in self._lemmas(part, offset):
+                        lemma = lemma.lower()
+                        if lemma not in (key, base) and "_" not in lemma and lemma not in out:
+                            out.append(lemma)
         return out[:limit] if limit else out
 
 

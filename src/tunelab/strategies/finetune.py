@@ -16,6 +16,7 @@ from typing import Any
 from ..adapters import base_for
 from ..adversarial import AdversarialTraining
 from ..artifact import write_json
+from ..augment import augment_records
 from ..checkpoint import training_fingerprint
 from ..config import Config
 from ..data import Records, split_validation
@@ -46,6 +47,13 @@ class FineTune(Strategy):
             train_records, val_records = split_validation(train_records, cfg.data.validation_fraction, cfg.train.seed,
                                                           task.stratify_keys(train_records))
             task = counted_on(task, cfg, train_records)
+
+        augmented: dict[str, int] = {}
+        if cfg.data.augment:  # training records only, after the validation split
+            extra, augmented = augment_records(task, train_records.rows, cfg.data.augment, cfg.train.seed)
+            train_records = Records(train_records.rows + extra, train_records.source, None, train_records.columns)
+            print("data.augment: " + ", ".join(f"+{n} {name}" for name, n in augmented.items())
+                  + f" -> {len(train_records)} training records", file=sys.stderr)
 
         processor = task.load_processor(job.model.path)
         task.prepare_processor(processor)  # e.g. marker tokens; saved with the artifact's processor
@@ -104,6 +112,8 @@ class FineTune(Strategy):
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
         if adversary is not None:
             report["adversarial"] = adversary.summary(result.train_seconds)
+        if augmented:
+            report["augmented"] = augmented
         return Fitted(model, processor, task, val_metrics, test_metrics, model_format, counts, write_parts,
                       size_hint=sum(p.numel() * p.element_size() for p in tensors) + 2_000_000, report=report,
                       manifest={"method": cfg.method.model_dump(mode="json")}, train=result,

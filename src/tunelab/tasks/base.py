@@ -47,11 +47,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, create_model
 
+from ..augment import Unit
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, read_records
 from ..errors import ConfigError, DataError
 from ..inference import model_outputs
 from ..registry import TASKS
+from .words import split_words
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
@@ -345,6 +347,29 @@ class Task:
         tokens the target sits on."""
         raise ConfigError(f"gradient methods (ig, gradxinput, attention) are not available for the {self.name} task; "
                           "use occlusion or lime")
+
+    # ---- data augmentation (data.augment) -------------------------------------------------------------
+    augment_kind: ClassVar[str | None] = None  # text | marked_text | tokens; None: labels cannot be kept
+
+    def augment_units(self, row: dict[str, Any]) -> list[Unit]:
+        """The record's words to augment (``text`` kinds: the explained column's words; spans ``explain_protected``
+        names are one fixed unit each)."""
+        text = self.explain_text(row)
+        protected = self.explain_protected(text)
+        units: list[Unit] = []
+        done: set[tuple[int, int]] = set()
+        for word, (a, b) in zip(*split_words(text)):
+            span = next(((ps, pe) for ps, pe in protected if a < pe and ps < b), None)
+            if span is None:
+                units.append(Unit(word))
+            elif span not in done:
+                units.append(Unit(text[span[0]:span[1]], fixed=True))
+                done.add(span)
+        return units
+
+    def augment_record(self, row: dict[str, Any], units: list[Unit]) -> dict[str, Any]:
+        """The record with its augmented words (joined by single spaces)."""
+        return {**row, self.explain_column(row): " ".join(u.text for u in units)}
 
     # ---- error analysis (tunelab.analyze) -----------------------------------------------------------
     def analysis_rows(self, records: Records, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -63,6 +63,7 @@ class ClassificationTask(LabelScores, Task):
     strategies = ("finetune", "zero_shot", "few_shot", "setfit")
     prompt_slots = frozenset({"text", "text_pair", "labels"})
     peft_task_type = "SEQ_CLS"
+    augment_kind = "text"  # the first text (of a pair) is augmented
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)

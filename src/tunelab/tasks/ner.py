@@ -433,6 +433,25 @@ class NerTask(EntityAnalysis, Task):
             pred.append(self._tags(probs))
         return entity_metrics(gold, pred)
 
+    # ---- data augmentation: tokens and tags, entity words fixed -------------------------------------
+    augment_kind = "tokens"
+
+    def augment_units(self, row: dict[str, Any]) -> list[Any]:
+        """The record's tokens with their BIO tags (any scheme in the data is read as BIO); entity tokens fixed."""
+        from ..augment import Unit
+
+        s = self.state
+        if s["tokens_column"] not in row or s["tags_column"] not in row:
+            raise DataError(f"NER augmentation needs records of {s['tokens_column']!r} and {s['tags_column']!r} "
+                            "(tokens and tags), not text with entity offsets")
+        ex = self._examples(Records([row], "input", None, list(row)), with_labels=True)[0]
+        return [Unit(w, t, t != "O") for w, t in zip(ex["words"], ex["tags"])]
+
+    def augment_record(self, row: dict[str, Any], units: list[Any]) -> dict[str, Any]:
+        """The record with the augmented tokens and their tags (BIO)."""
+        return {**row, self.state["tokens_column"]: [u.text for u in units],
+                self.state["tags_column"]: [u.tag or "O" for u in units]}
+
     # ---- explanations: one predicted entity at a time -------------------------------------------
     def explain_column(self, record: dict[str, Any]) -> str:
         """The tokens column when the record has one, else the text column."""

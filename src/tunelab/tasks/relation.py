@@ -161,6 +161,7 @@ class RelationTask(LabelScores, Task):
     Prediction = RelationPrediction
     peft_task_type = None  # a custom head: peft wraps it as a plain model
     primary_metric = ("macro_f1", True)
+    augment_kind = "marked_text"  # the <e1>…</e1> and <e2>…</e2> spans are never touched
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
