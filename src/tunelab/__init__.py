@@ -23,6 +23,7 @@ from .attack import attack  # noqa: E402
 from .augment import register_augmenter  # noqa: E402
 from .compress import compress  # noqa: E402
 from .config import Config, DataConfig, MethodOptions, TaskOptions, load_config  # noqa: E402
+from .continual import SequencePredictor, fit_sequence  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
     ConfigError,
@@ -60,6 +61,8 @@ __all__ = [
     "analyze",
     "attack",
     "register_augmenter",
+    "SequencePredictor",
+    "fit_sequence",
     "compress",
     "evaluate",
     "export",

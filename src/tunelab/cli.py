@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import FORMATS
-from .errors import InputError, TunelabError
+from .errors import ConfigError, InputError, TunelabError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -372,6 +372,41 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_sequence(args: argparse.Namespace) -> int:
+    """``tunelab train-sequence SEQUENCE.yaml``: continual learning of the tasks listed there, in order; prints the
+    forgetting matrix and its summary."""
+    import yaml
+
+    from .continual import fit_sequence
+
+    path = _existing(args.sequence, "sequence")
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), list):
+        raise ConfigError(f"{path}: expected a mapping with 'tasks: [...]' (and model, output_dir, continual, train)")
+    unknown = sorted(set(spec) - {"tasks", "model", "output_dir", "continual", "train", "method"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: continual, method, model, output_dir, tasks, train")
+    base = Path(path).parent
+    for task in spec["tasks"]:  # data files are relative to the sequence file
+        for key in ("train", "validation"):
+            if isinstance(task, dict) and isinstance(task.get(key), str) and not Path(task[key]).is_absolute():
+                task[key] = str(base / task[key])
+    report = fit_sequence(spec["tasks"], output_dir=spec.get("output_dir") or args.output_dir or "runs/sequence",
+                          model=spec.get("model", "minilm"), continual=spec.get("continual", "naive"),
+                          train=spec.get("train"), method=spec.get("method"))
+    names = report["sequence"]
+    print("after \\ on  " + "  ".join(f"{n:>10}" for n in names))
+    for name, row in zip(names, report["matrix"]):
+        print(f"{name:>10}  " + "  ".join(f"{'':>10}" if v is None else f"{v:>10.4f}" for v in row))
+    print(f"average accuracy {report['avg_accuracy']:.4f}  average forgetting {report['avg_forgetting']:.4f}  "
+          f"backward transfer {report['backward_transfer']:.4f}")
+    print(f"wrote {report['folder']}/sequence.json and one artifact per task")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tunelab demo``: the packaged end-to-end example."""
     from .demo import run_demo
@@ -494,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(classification, relation): its scores then mean what they say")
     p.add_argument("--limit", type=_positive, help="analyse a seeded random sample of this many records")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("train-sequence", help="continual learning: learn the tasks of a sequence file in order on one "
+                       "shared encoder (naive, replay, ewc, lwf or per-task adapters) and print the forgetting matrix",
+                       parents=[common])
+    p.add_argument("sequence", help="YAML with tasks: [...], continual: {strategy: ...}, model, output_dir, train")
+    p.add_argument("--output-dir", help="where to write it when the file has no output_dir")
+    p.set_defaults(func=cmd_train_sequence)
 
     p = sub.add_parser("attack", help="robustness: attack a classifier's right predictions with character edits "
                        "or synonyms and report accuracy under attack", parents=[common, reading])

@@ -131,3 +131,23 @@ def map_png(points: np.ndarray, gold: list[str], pred: list[str], wrong: list[bo
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def forgetting_png(matrix: list[list[float | None]], names: list[str], path: Path, title: str = "forgetting") -> Path:
+    """The continual-learning result matrix as a heat map: row i = after training task i, column j = task j."""
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    size = max(4.0, 0.9 * len(names) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.8))
+    ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), [f"after {n}" for n in names])
+    ax.set(xlabel="evaluated on", title=title)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if not np.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=9,
+                        color="white" if m[i, j] < 0.6 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

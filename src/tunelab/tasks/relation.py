@@ -91,6 +91,8 @@ def tag_spans(text: str, e1: tuple[int, int], e2: tuple[int, int], where: str) -
 class EntityMarkerModel(torch.nn.Module):
     """An encoder plus a linear head over the concatenated hidden states at [E1] and [E2]."""
 
+    base_model_prefix = "encoder"  # like transformers' heads: getattr(model, model.base_model_prefix) is the encoder
+
     def __init__(self, encoder: torch.nn.Module, num_labels: int, dropout: float):
         super().__init__()
         self.encoder = encoder
