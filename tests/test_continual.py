@@ -112,3 +112,24 @@ def test_bad_sequences_are_refused_before_training(tiny_bert: Path, tmp_path: Pa
     with pytest.raises(tunelab.ConfigError, match="not summarization"):
         fit_sequence([summary], output_dir=tmp_path / "f", model=str(tiny_bert))
     assert not any((tmp_path / d).exists() for d in "abcdef")  # nothing was written
+
+
+def test_the_command_reads_a_sequence_file(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from tunelab.cli import main
+
+    for name, rows in (("sentiment", sentiment_rows(40)), ("people", toy_sentences(40))):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"model": str(tiny_bert), "output_dir": str(tmp_path / "seq"), "continual": {"strategy": "ewc"},
+            "train": {"epochs": 1, "batch_size": 8, "seed": 1},
+            "tasks": [{"name": "sentiment", "task": "classification", "train": "sentiment.jsonl"},
+                      {"name": "people", "task": "ner", "train": "people.jsonl"}]}
+    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["train-sequence", str(tmp_path / "seq.yaml")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "seq" / "sequence.json").read_text())
+    assert report["strategy"] == "ewc" and f"average forgetting {report['avg_forgetting']:.4f}" in out
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "tasks": "sentiment"}))
+    assert main(["train-sequence", str(tmp_path / "bad.yaml")]) == 2
+    assert "tasks: [...]" in capsys.readouterr().err
