@@ -108,10 +108,12 @@ def test_bad_sequences_are_refused_before_training(tiny_bert: Path, tmp_path: Pa
     with pytest.raises(tunelab.ConfigError, match="continual.memory: 0.0001 keeps no example"):
         fit_sequence(tasks(), output_dir=tmp_path / "e", model=str(tiny_bert), continual={"strategy": "replay",
                                                                                           "memory": 0.0001})
+    with pytest.raises(tunelab.ConfigError, match=r"tasks\[0\].test: .*tunelab eval"):
+        fit_sequence([{**tasks()[0], "test": sentiment_rows(4)}], output_dir=tmp_path / "g", model=str(tiny_bert))
     summary = {"name": "sum", "task": "summarization", "train": [{"text": "a b", "target": "a"}]}
     with pytest.raises(tunelab.ConfigError, match="not summarization"):
         fit_sequence([summary], output_dir=tmp_path / "f", model=str(tiny_bert))
-    assert not any((tmp_path / d).exists() for d in "abcdef")  # nothing was written
+    assert not any((tmp_path / d).exists() for d in "abcdefg")  # nothing was written
 
 
 def test_the_command_reads_a_sequence_file(tiny_bert: Path, tmp_path: Path, capsys) -> None:

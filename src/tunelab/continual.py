@@ -15,7 +15,8 @@ trains the tasks in order on one shared encoder; each task's head is its own. St
 - ``adapters``: one LoRA adapter per task on the frozen shared base: nothing is forgotten, by construction.
 
 The result is one folder: ``sequence.json`` (the order, the strategy, the matrix) and one ordinary tunelab
-artifact per task (``SequencePredictor`` or ``Predictor.load(folder / name)``), plus ``forgetting.png``.
+artifact per task (``SequencePredictor`` or ``Predictor.load(folder / name)``), plus ``forgetting.png``; the
+loop's working files (checkpoints, tracker logs) go to ``runs/<name>`` inside it.
 
 Metrics (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018), with ``R[i][j]`` the primary metric of task ``j``
 after training task ``i``: average accuracy ``mean_j R[T][j]``; average forgetting ``mean_{j<T} (max_{i<T}
@@ -43,8 +44,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .adversarial import AdversarialTraining
 from .api import seed_everything
 from .artifact import write_artifact, write_json, write_yaml
+from .augment import augment_records
 from .config import Config, build_config
 from .data import Records, read_records, split_validation
 from .errors import ConfigError
@@ -242,7 +245,10 @@ def _configs(tasks: list[dict[str, Any]], model: str, output_dir: Path, method: 
         if name in seen:
             raise ConfigError(f"tasks[{k}].name: {name!r} is used twice; every task's head needs its own name")
         seen.add(name)
-        data = {key: spec.pop(key) for key in ("train", "validation", "test") if key in spec}
+        if "test" in spec:
+            raise ConfigError(f"tasks[{k}].test: fit_sequence measures each task on its validation records; evaluate a "
+                              "saved task on test data with tunelab eval FOLDER/NAME TEST")
+        data = {key: spec.pop(key) for key in ("train", "validation") if key in spec}
         cfg = build_config({"model": model, "output_dir": str(output_dir / name), "strategy": "finetune",
                             "method": method, "train": {**train, **spec.pop("train_settings", {})}, **spec})
         if TASKS.get(cfg.task.name).streams:
@@ -349,15 +355,20 @@ def fit_sequence(tasks: list[dict[str, Any]], *, output_dir: str | Path, model: 
                 with quiet_loading():
                     state.encoder.resize_token_embeddings(len(tokenizer), mean_resizing=True)
             _swap_encoder(net, state.encoder)
+        if cfg.data.augment:  # this task's training records only
+            extra, _ = augment_records(task, train_records.rows, cfg.data.augment, cfg.train.seed, f"tasks[{t}].data.augment")
+            train_records = Records(train_records.rows + extra, train_records.source, None, train_records.columns)
         train_features = task.prepare_training_features(task.encode(train_records, tokenizer, with_labels=True))
         val_features = task.encode(val_records, tokenizer, with_labels=True)
         adaptation = METHODS.get(cfg.method.name).adapt(net, cfg.method, Target(
             task.peft_task_type, head, task.trainable_token_ids(), total_optimizer_steps(len(train_features), cfg.train)))
         hooks = CONTINUAL[strategy](state, tokenizer, cfg.train.batch_size)
+        if cfg.train.adversarial is not None:
+            hooks.append(AdversarialTraining(adaptation.model, **cfg.train.adversarial.model_dump(), seed=cfg.train.seed))
         train_loop(LoopInputs(
             model=adaptation.model, task=task, processor=tokenizer, train_features=train_features,
             val_features=val_features, train=cfg.train, learning_rate=cfg.learning_rate, head_names=head,
-            run_dir=output_dir / name, class_weights=task.class_weights(cfg.train.class_weights),
+            run_dir=output_dir / "runs" / name, class_weights=task.class_weights(cfg.train.class_weights),
             hooks=[*adaptation.hooks, *hooks]))
         learned = Learned(name, cfg, task, adaptation.model, tokenizer, train_features, val_features)
         state.learned[name] = learned
