@@ -86,7 +86,13 @@ class AugmenterSpec:
 
 def register_augmenter(name: str, apply: Augmenter, kinds: tuple[str, ...] = ("text", "marked_text", "tokens"),
                        *, replace: bool = False) -> AugmenterSpec:
-    """Add an augmentation: ``apply(units, ctx)`` returns the new word units (None: nothing to change).
+    """Add an augmentation, usable as ``data.augment: [{name: ...}]``.
+
+    Args:
+        name: its config name.
+        apply: ``apply(units, ctx)`` -> the new word units (``Unit``), or None when it changes nothing.
+        kinds: the record kinds whose labels it keeps: ``text``, ``marked_text`` (relation), ``tokens`` (NER).
+        replace: allow replacing an augmentation of the same name.
 
     Example:
         >>> def shout(units, ctx):

@@ -428,6 +428,8 @@ def _save(folder: Path, state: SequenceState, resolved: Any, report: dict[str, A
         is_peft = learned.cfg.method.name != "full"
         if "vocab_size" in learned.task.state:  # later tasks may have added tokens to the shared encoder
             learned.task.state["vocab_size"] = len(learned.tokenizer)
+        if not is_peft:  # the head model's own config still names the vocabulary it was built with
+            learned.model.config.vocab_size = learned.model.get_input_embeddings().num_embeddings
         validation = learned.task.evaluate_features(learned.model, learned.tokenizer, learned.val_features,
                                                     learned.cfg.train.eval_batch_size)
 
