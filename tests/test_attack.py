@@ -113,3 +113,14 @@ def test_the_command_prints_the_figures_and_keeps_the_report(classifier: Path, t
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert f"{report['attack_success_rate']:.4f}" in printed and report["examples_attacked"] == 12
+
+
+def test_a_damaged_wordnet_is_named_not_crashed_on(tmp_path: Path) -> None:
+    folder = fake_wordnet(tmp_path / "wn")
+    (folder / "index.adj").write_text("great a x\n")
+    with pytest.raises(tunelab.ConfigError, match=r"index.adj, line 1: not a WordNet index line"):
+        WordNet(folder).synonyms("great")
+    folder = fake_wordnet(tmp_path / "wn2")
+    (folder / "data.noun").write_bytes(b"garbage\n")
+    with pytest.raises(tunelab.ConfigError, match="data.noun: no synset at byte"):
+        WordNet(folder).synonyms("film", parts=("noun",))

@@ -118,3 +118,6 @@ def test_paraphrases_are_generated_once_and_cached(tiny_llama: Path, tmp_path: P
     assert calls == [5] and first == second  # the second run read the cache
     assert len(list((tmp_path / "cache" / "paraphrase").glob("*.jsonl"))) == 1
     assert Paraphraser(str(tiny_llama)).cached  # a new paraphraser sees the same cache
+    cache = next((tmp_path / "cache" / "paraphrase").glob("*.jsonl"))
+    cache.write_text(cache.read_text() + '{"key": "cut sho')  # a run killed mid-write
+    assert len(Paraphraser(str(tiny_llama)).cached) == 5  # the broken line is skipped, the rest kept

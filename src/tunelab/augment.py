@@ -211,9 +211,12 @@ class Paraphraser:
         self.model_name, self.path = model, cache / f"{hashlib.sha256((model + self.PROMPT).encode()).hexdigest()[:16]}.jsonl"
         self.cached: dict[str, str] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                self.cached[row["key"]] = row["text"]
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:  # a line cut short by a killed run (or edited) is generated again, not trusted
+                    row = json.loads(line)
+                    self.cached[str(row["key"])] = str(row["text"])
+                except (ValueError, KeyError, TypeError):
+                    continue
         self.loaded: Any = None
 
     @staticmethod

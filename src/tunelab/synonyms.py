@@ -64,12 +64,16 @@ class WordNet:
         if part not in self._index:
             table: dict[str, list[int]] = {}
             with open(self.folder / f"index.{part}", encoding="utf-8", errors="replace") as handle:
-                for line in handle:
+                for number, line in enumerate(handle, 1):
                     if line.startswith(" ") or not line.strip():  # the licence header, blank lines
                         continue
                     fields = line.split()
-                    count, pointers = int(fields[2]), int(fields[3])
-                    table[fields[0]] = [int(x) for x in fields[6 + pointers: 6 + pointers + count]]
+                    try:
+                        count, pointers = int(fields[2]), int(fields[3])
+                        table[fields[0]] = [int(x) for x in fields[6 + pointers: 6 + pointers + count]]
+                    except (IndexError, ValueError):
+                        raise ConfigError(f"{self.folder / f'index.{part}'}, line {number}: not a WordNet index line; "
+                                          "the database is damaged: run `make wordnet` again") from None
             self._index[part] = table
         return self._index[part]
 
@@ -77,8 +81,11 @@ class WordNet:
         with open(self.folder / f"data.{part}", "rb") as handle:
             handle.seek(offset)
             fields = handle.readline().decode("utf-8", "replace").split()
-        count = int(fields[3], 16)
-        return [fields[4 + 2 * k].split("(")[0] for k in range(count)]  # adjectives may carry (a)/(p) markers
+        try:
+            return [fields[4 + 2 * k].split("(")[0] for k in range(int(fields[3], 16))]  # adjectives: (a)/(p) markers
+        except (IndexError, ValueError):
+            raise ConfigError(f"{self.folder / f'data.{part}'}: no synset at byte {offset}; the database is damaged: "
+                              "run `make wordnet` again") from None
 
     def bases(self, word: str, part: str) -> list[str]:
         """``word`` itself if it is a lemma of ``part``, else its bases by WordNet's suffix rules that are
