@@ -14,13 +14,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
-     "checkpoint", "rundir", "calibration", "synonyms", "textedits"},
-    {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes", "augment"},
+     "checkpoint", "rundir", "calibration", "synonyms", "textedits", "distributed"},
+    {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes", "augment", "search_space", "runs"},
     {"tasks"},
     {"methods", "train", "adapters", "explain", "adversarial"},
     {"predictor"},
     {"strategies", "analysis", "attack"},
-    {"api", "export", "export_check", "export_genai", "compress", "serve", "continual"},
+    {"api", "export", "export_check", "export_genai", "compress", "serve", "continual", "search"},
     {"cli", "demo", "__main__"},
     {""},  # the package itself: tunelab/__init__.py
 ]

@@ -36,6 +36,7 @@ from .export import export  # noqa: E402
 from .hooks import StepContext, TrainHook  # noqa: E402
 from .methods import Adaptation, register_method  # noqa: E402
 from .predictor import Predictor  # noqa: E402
+from .search import SearchResult, search  # noqa: E402
 from .serve import serve  # noqa: E402
 from .strategies import register_strategy  # noqa: E402
 from .tasks import Task, register_task  # noqa: E402
@@ -71,6 +72,8 @@ __all__ = [
     "register_method",
     "register_strategy",
     "register_task",
+    "search",
+    "SearchResult",
     "serve",
     "registry",
     "summary",

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 from .artifact import read_manifest, write_artifact, write_json, write_yaml
 from .config import Config, build_config, load_config
 from .data import Records, read_records
+from .distributed import barrier, is_main
 from .errors import ConfigError, DiskFullError
 from .hooks import TrainHook
 from .metrics import scalar_metrics
@@ -88,7 +90,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
 
     One run at a time per ``output_dir`` (a second is refused); what a killed run left there is cleaned up
     or recovered first; an unfinished run's checkpoint is resumed (``train.resume``) or refused, never
-    silently discarded.
+    silently discarded. Under a distributed launch (``tunelab train --nproc``, torchrun, Ray Train) every rank
+    calls ``fit``; rank 0 holds the folder and writes the artifact, the others return once it is written.
 
     Args:
         config: a Config, a dict, or a YAML path; keyword overrides use ``__`` for nesting
@@ -112,7 +115,8 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     run_dir = Path(cfg.output_dir)
     resolved = resolve_model(cfg.model, allow_network=cfg.allow_network)
     check_max_length(cfg, resolved.path)
-    with claim_run_dir(run_dir):
+    main = is_main()
+    with claim_run_dir(run_dir) if main else contextlib.nullcontext():
         train_records = _records_for("train", train, cfg)
         strategy, reason = choose_strategy(cfg, train_records, resolved.path)
         if cfg.strategy == "auto":
@@ -126,7 +130,12 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
         job = FitJob(cfg, strategy, resolved, train_records, _records_for("validation", validation, cfg),
                      _records_for("test", test, cfg), run_dir, list(hooks or []))
         fitted = STRATEGIES.get(strategy).fit(job)
-        return save(job, fitted)
+        if not main:
+            barrier()  # until rank 0 has written the artifact
+            return Run(run_dir / "artifact", fitted.validation, fitted.test, fitted.train, fitted.parameters)
+        run = save(job, fitted)
+    barrier()
+    return run
 
 
 def check_max_length(cfg: Config, model_path: Any) -> None:

@@ -18,13 +18,67 @@ from .errors import ConfigError, InputError, TunelabError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``tunelab train CONFIG [key=value ...]``: fit and print the summary."""
+    """``tunelab train CONFIG [key=value ...] [--nproc N ...]``: fit and print the summary; with ``--nproc`` or
+    ``--nnodes``, the same under torchrun (distributed data parallel)."""
     from .api import fit, summary
     from .config import load_config
+    from .distributed import launch, rank_and_size
 
+    if args.nproc > 1 or args.nnodes > 1:
+        if rank_and_size()[1] > 1:
+            raise ConfigError("--nproc/--nnodes start a distributed run; this process is already part of one "
+                              "(torchrun, accelerate launch): leave them out")
+        if args.nnodes > 1 and not args.rdzv_endpoint:
+            raise ConfigError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the first machine), the same on every node")
+        load_config(args.config, args.overrides)  # a bad config is named here, once, not by every rank
+        return launch([args.config, *args.overrides], args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint,
+                      args.max_restarts)
     cfg = load_config(args.config, args.overrides)
     run = fit(cfg)
     print(summary(run))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``tunelab search CONFIG --trials N``: an Optuna search over the config's ``search:`` section."""
+    from .config import parse_overrides
+    from .search import search, trials_table
+
+    result = search(_existing(args.config, "config"), trials=args.trials, output_dir=args.out, metric=args.metric,
+                    direction=args.direction, sampler=args.sampler, pruner=args.pruner, storage=args.storage,
+                    study_name=args.study, keep=args.keep, timeout=args.timeout, overrides=parse_overrides(args.overrides))
+    print(trials_table(result))
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
+    print(f"\n{counts}; this run {result.seconds:.0f} s")
+    if result.best_config is not None:
+        print(f"best {result.metric}: {result.best_value:.4f} (trial {result.best_trial})\n"
+              f"best config: {result.best_config}   ->   tunelab train {result.best_config}")
+    if result.best_artifact is not None:
+        print(f"best artifact: {result.best_artifact}")
+    for plot in result.plots:
+        print(f"plot: {plot}")
+    print(f"study: optuna-dashboard {result.storage}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``tunelab runs [DIR]`` lists the runs under DIR; ``tunelab runs A B`` compares two runs."""
+    from .runs import compare, compare_table, list_runs, runs_table
+
+    if len(args.paths) > 2:
+        raise InputError("tunelab runs takes one folder (list its runs) or two runs (compare them)")
+    if len(args.paths) == 2:
+        comparison = compare(*args.paths)
+        print(json.dumps(comparison, indent=2, default=str) if args.json else compare_table(comparison))
+        return 0
+    folder = args.paths[0] if args.paths else "runs"
+    rows = list_runs(folder)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "config"} for r in rows], indent=2, default=str))
+    elif not rows:
+        print(f"no runs under {folder}")
+    else:
+        print(runs_table(rows, base=folder))
     return 0
 
 
@@ -471,7 +525,38 @@ def build_parser() -> argparse.ArgumentParser:
                        "a zero/few-shot prompt artifact (strategy)")
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 method.name=full")
+    p.add_argument("--nproc", type=_positive, default=1, help="train on N processes (distributed data parallel "
+                   "under torchrun: gloo on CPU, NCCL on GPUs); train.batch_size stays the global batch")
+    p.add_argument("--nnodes", type=_positive, default=1, help="machines taking part (run the same command on each)")
+    p.add_argument("--node-rank", type=int, help="this machine's number, 0 .. nnodes-1")
+    p.add_argument("--rdzv-endpoint", help="HOST:PORT of the first machine (multi-node rendezvous)")
+    p.add_argument("--max-restarts", type=int, default=0, help="restart the workers after a failure this many times; "
+                   "they resume from the last checkpoint (train.checkpoint_every)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", parents=[common], help="hyperparameter search (Optuna) over the config's search: "
+                       "section; resumable; writes best.yaml, trials.csv and plots")
+    p.add_argument("config", help="YAML config file with a search: section")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. train.epochs=1")
+    p.add_argument("--trials", type=_positive, default=20, help="finished trials the study should have (default 20; "
+                   "trials of an earlier, interrupted run count)")
+    p.add_argument("--out", help="folder for the trials, study and results (default: the config's output_dir)")
+    p.add_argument("--metric", help="validation metric to optimise (default: the task's primary metric)")
+    p.add_argument("--direction", choices=("maximize", "minimize"), help="default: from the metric")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                   help="stop hopeless trials at their evaluations (needs train.eval_every or several epochs)")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study", help="study name (default: tunelab-search)")
+    p.add_argument("--keep", choices=("best", "all", "none"), default="best", help="trial artifacts to keep")
+    p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("runs", parents=[common], help="list the runs under a folder with their metrics, or compare two "
+                       "runs side by side (metrics and the config fields that differ)")
+    p.add_argument("paths", nargs="*", help="a folder (default: runs), or two run folders to compare")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("eval", help="evaluate an artifact on labelled records", parents=[common, reading])
     p.add_argument("artifact", help="artifact or run directory")
@@ -632,6 +717,12 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    from .distributed import RankStream, rank_and_size
+
+    rank, size = rank_and_size()
+    if size > 1 and rank > 0:  # a distributed run: rank 0 prints the results, the others only what goes wrong
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        sys.stderr = RankStream(sys.stderr, rank)
     try:
         return args.func(args)
     except TunelabError as err:

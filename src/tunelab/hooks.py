@@ -10,6 +10,8 @@ given, in order, at these points:
 ``after_backward(ctx)``     per micro-batch, after backward: more gradient (adversarial training: perturb
                             the embeddings, ``ctx.backward(ctx.compute_loss())``, restore)
 ``before_optimizer_step``   per optimizer step, after clipping (AdaLoRA's rank allocation)
+``on_evaluate``             after each evaluation during training: the step and the metrics (a search's
+                            pruner reports them and may stop the trial by raising)
 ``on_train_end``            after the last step (release what the hook holds)
 ==========================  =================================================================================
 
@@ -83,6 +85,9 @@ class TrainHook:
 
     def before_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
         """Called once per optimizer step, after gradient clipping, before the update."""
+
+    def on_evaluate(self, step: int, metrics: dict[str, Any]) -> None:
+        """Called after each evaluation during training with the optimizer step and the validation metrics."""
 
     def on_train_end(self, model: torch.nn.Module) -> None:
         """Called once after training."""

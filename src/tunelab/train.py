@@ -14,6 +14,7 @@ allocation (AdaLoRA), extra training data (replay).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -34,6 +35,7 @@ from .checkpoint import (
     unchangeable,
 )
 from .config import TrainConfig
+from .distributed import broadcast, join_restarted_group, restarted, shard
 from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
 from .metrics import scalar_metrics
@@ -137,7 +139,13 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
             # A local file store: never prompts, never needs an account.
             os.environ.setdefault("MLFLOW_TRACKING_URI", (run_dir / "mlruns").resolve().as_uri())
         log_with = cfg.track
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir))
+    from accelerate import DistributedDataParallelKwargs
+
+    join_restarted_group()
+    # find_unused_parameters: heads leave parts of the base model unused (a BERT pooler under a token head)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir),
+                       kwargs_handlers=[ddp])
 
 
 def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, str]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -148,16 +156,22 @@ def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, st
     ``train.discard_checkpoint`` says to delete it. Resuming with different settings names the fields and
     stops, unless every change is one that can take effect half way and ``train.resume_with_changes`` is set.
     """
+    from .distributed import is_main
+
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         return None, []
     if cfg.discard_checkpoint:
+        if not is_main():  # rank 0 deletes it
+            return None, []
         path.unlink()
         print(f"note: deleted {path} of an unfinished run (train.discard_checkpoint=true)", file=sys.stderr)
         return None, []
     ckpt = load_checkpoint(run_dir)
     step = f"step {ckpt['loop'].get('step')} of {ckpt.get('total_steps')}" if ckpt else "an earlier step"
-    if not cfg.resume:
+    if restarted() and not cfg.resume:
+        print(f"torchrun restarted the workers after a failure: resuming from {path} ({step})", file=sys.stderr)
+    elif not cfg.resume:
         raise TrainingError(
             f"{run_dir} holds a checkpoint of an unfinished run ({step}): set train.resume=true to continue it, "
             "or train.discard_checkpoint=true to delete it and start over")
@@ -201,6 +215,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     total_steps = total_optimizer_steps(len(inp.train_features), cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    rank, size = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
     if cfg.track != "none":
         accelerator.init_trackers("tunelab", config=_flat(inp.tracker_config))
     weights = inp.class_weights.to(device) if inp.class_weights is not None else None
@@ -247,8 +263,11 @@ def train_loop(inp: LoopInputs) -> TrainResult:
 
     def run_eval() -> None:
         nonlocal best_state
-        metrics = inp.task.evaluate_features(model, inp.processor, inp.val_features, cfg.eval_batch_size, device,
-                                             full=False)
+        metrics = None
+        if main:  # rank 0 evaluates the plain module; every rank gets its result, so all decide alike
+            metrics = inp.task.evaluate_features(accelerator.unwrap_model(model), inp.processor, inp.val_features,
+                                                 cfg.eval_batch_size, device, full=False)
+        metrics = broadcast(metrics)
         value = float(metrics[metric_name])
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
                "metrics": metrics}
@@ -270,6 +289,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             bar.write(msg)
         if cfg.early_stopping_patience and st["bad_evals"] >= cfg.early_stopping_patience:
             st["stopped_early"] = True
+        for hook in inp.hooks:
+            hook.on_evaluate(st["step"], metrics)
 
     windows_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
     model.train()
@@ -283,28 +304,37 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             window_examples = sum(len(b) for b in window)
             started = time.perf_counter()
             step_loss = 0.0
-            for micro in window:
+            for position, whole in enumerate(window):
+                # Each rank takes its share of the micro-batch; DDP averages the ranks' gradients, so each
+                # scales its loss by the number of ranks: the sum is the one-process loss of the whole window.
+                micro, scale = shard(whole, rank, size), float(size)
+                if not micro:  # fewer examples than ranks: take part in the gradient exchange with a zero loss
+                    micro, scale = whole[:1], 0.0
                 micro_features = [inp.train_features[i] for i in micro]
                 batch = {k: v.to(device) for k, v in collate(micro_features).items()}
                 labels = batch.pop("labels")
 
                 def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, items: int = window_items,
-                                 **overrides: Any) -> torch.Tensor:
+                                 scale: float = scale, **overrides: Any) -> torch.Tensor:
                     outputs = model(**with_overrides(batch, overrides))
-                    return inp.task.loss_sum(outputs, labels, weights) / max(items, 1)
+                    return inp.task.loss_sum(outputs, labels, weights) * scale / max(items, 1)
 
-                loss = compute_loss()
-                ctx = StepContext(accelerator.unwrap_model(model), batch, labels, st["step"], len(micro) / window_examples,
-                                  compute_loss, accelerator.backward)
-                for hook in inp.hooks:
-                    extra = hook.extra_loss(ctx)
-                    if extra is not None:
-                        loss = loss + extra * ctx.weight
-                accelerator.backward(loss)
-                for hook in inp.hooks:
-                    hook.after_backward(ctx)
+                last = position == len(window) - 1  # gradients are exchanged once per window, after its last
+                with accelerator.no_sync(model) if size > 1 and not last else contextlib.nullcontext():
+                    loss = compute_loss()
+                    ctx = StepContext(accelerator.unwrap_model(model), batch, labels, st["step"],
+                                      len(micro) * scale / window_examples, compute_loss, accelerator.backward)
+                    for hook in inp.hooks:
+                        extra = hook.extra_loss(ctx)
+                        if extra is not None:
+                            loss = loss + extra * ctx.weight
+                    accelerator.backward(loss)
+                    for hook in inp.hooks:
+                        hook.after_backward(ctx)
                 step_loss += float(loss.detach())
-                st["tokens_seen"] += sum(inp.task.feature_length(f) for f in micro_features)
+            st["tokens_seen"] += sum(inp.task.feature_length(inp.train_features[i]) for b in window for i in b)
+            if size > 1:  # the window's loss over all ranks, as one process would have computed it
+                step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
             if not math.isfinite(step_loss):
                 raise TrainingError(
                     f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
@@ -358,7 +388,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             if end_of_epoch:
                 st["epoch"] += 1
                 st["window"] = 0
-            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step:
+            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step and main:
                 save_checkpoint(inp.run_dir, {
                     "model": trainable_state(accelerator.unwrap_model(model)),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -20,6 +20,7 @@ from ..augment import augment_records
 from ..checkpoint import training_fingerprint
 from ..config import Config
 from ..data import Records, split_validation
+from ..distributed import is_main
 from ..errors import DataError, TunelabError
 from ..methods import Target, enable_gradient_checkpointing, parameter_counts
 from ..models import quiet_loading
@@ -92,8 +93,12 @@ class FineTune(Strategy):
         ))
         model = adaptation.model
         batch = cfg.train.eval_batch_size
-        val_metrics = task.evaluate_features(model, processor, val_features, batch)
-        test_metrics = task.evaluate_features(model, processor, test_features, batch) if test_features is not None else None
+        if is_main():  # other ranks of a distributed run leave evaluating and saving to rank 0
+            val_metrics = task.evaluate_features(model, processor, val_features, batch)
+            test_metrics = (task.evaluate_features(model, processor, test_features, batch)
+                            if test_features is not None else None)
+        else:
+            val_metrics, test_metrics = {}, None
 
         to_save, model_format = model, ("peft" if adaptation.is_peft else "full")
         if adaptation.is_peft and adaptation.merge:
