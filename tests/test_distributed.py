@@ -64,6 +64,16 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path: Path, tiny_be
     manifest = json.loads((tmp_path / "two" / "artifact" / "manifest.json").read_text())
     assert manifest["metrics"]["validation"]["accuracy"] == pytest.approx(one.metrics["accuracy"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")) == ["artifact"]
+    if train["batch_size"] == 8:  # accelerate's launcher (torchrun underneath; --cpu would start one process)
+        accelerate = Path(sys.executable).with_name("accelerate")
+        result = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunelab", "train", str(path),
+                                 f"output_dir={tmp_path / 'accelerate'}"], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "[rank 1]" in result.stderr
+        for a, b in zip(history(tmp_path / "accelerate"), single):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
 
 
 def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(tmp_path: Path, tiny_bert: Path) -> None:
