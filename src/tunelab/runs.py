@@ -112,7 +112,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a header line first.
+
+    Args:
+        header: the column names.
+        rows: the cells, as text.
+    """
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
@@ -132,7 +138,7 @@ def runs_table(rows: list[dict[str, Any]], base: str | Path | None = None) -> st
         except ValueError:
             return run
 
-    return _table(["run", "task", "model", "method", "strategy", "metric", "value", "steps", "train_s", "created"],
+    return text_table(["run", "task", "model", "method", "strategy", "metric", "value", "steps", "train_s", "created"],
                   [[name(r["run"]), _fmt(r["task"]), _fmt(r["model"]), _fmt(r["method"]), _fmt(r["strategy"]),
                     _fmt(r["primary_metric"]), _fmt(r["value"]), _fmt(r["steps"]), _fmt(r["train_seconds"]),
                     (r["created"] or "-")[:19]] for r in rows])
@@ -146,7 +152,7 @@ def compare_table(comparison: dict[str, Any]) -> str:
     """
     rows = [[k, _fmt(a), _fmt(b)] for k, (a, b) in comparison["metrics"].items()]
     rows += [[f"config {k}", _fmt(a), _fmt(b)] for k, (a, b) in comparison["config"].items()]
-    return f"A: {comparison['a']}\nB: {comparison['b']}\n" + _table(["", "A", "B"], rows)
+    return f"A: {comparison['a']}\nB: {comparison['b']}\n" + text_table(["", "A", "B"], rows)
 
 
-__all__ = ["compare", "compare_table", "describe", "list_runs", "runs_table"]
+__all__ = ["compare", "compare_table", "describe", "list_runs", "runs_table", "text_table"]

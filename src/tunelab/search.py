@@ -41,6 +41,7 @@ from .data import read_records
 from .errors import ConfigError, TunelabError
 from .hooks import TrainHook
 from .registry import TASKS
+from .runs import text_table
 from .search_space import Param, apply, check_space, parse_space
 
 SAMPLERS = ("tpe", "random")
@@ -443,11 +444,7 @@ def trials_table(result: SearchResult, limit: int = 20) -> str:
     rest = [r for r in rows if r[result.metric] == ""]
     columns = [c for c in rows[0] if c not in ("artifact",)] if rows else []
     shown = (scored + rest)[:limit]
-    cells = [[_cell(r[c]) for c in columns] for r in shown]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    return text_table(columns, [[_cell(r[c]) for c in columns] for r in shown])
 
 
 def _cell(value: str) -> str:
