@@ -82,13 +82,20 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(tmp_path: 
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2", "--max-restarts", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoint = tmp_path / "elastic" / "checkpoint.pt"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert checkpoint.exists(), "no checkpoint was written"
-    victim = worker_with_rank(proc.pid, 1)
-    os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
+    try:
+        deadline = time.time() + 240
+        while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "no checkpoint was written"
+        victim = worker_with_rank(proc.pid, 1)
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:  # a failure here must not leave torchrun and its workers behind
+        for pid in [*descendants(proc.pid), proc.pid] if proc.poll() is None else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert proc.returncode == 0, err[-3000:]
     assert "torchrun restarted the workers after a failure: resuming from" in err
     steps = history(tmp_path / "elastic")
