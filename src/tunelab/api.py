@@ -90,7 +90,7 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
 
     One run at a time per ``output_dir`` (a second is refused); what a killed run left there is cleaned up
     or recovered first; an unfinished run's checkpoint is resumed (``train.resume``) or refused, never
-    silently discarded. Under a distributed launch (``tunelab train --nproc``, torchrun, Ray Train) every rank
+    silently discarded. Under a distributed launch (``tunelab train --nproc``, torchrun, accelerate) every rank
     calls ``fit``; rank 0 holds the folder and writes the artifact, the others return once it is written.
 
     Args:

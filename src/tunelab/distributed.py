@@ -2,7 +2,7 @@
 and the launcher behind ``tunelab train CONFIG --nproc N``.
 
 Any launcher that sets torch's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...) works: ``tunelab train
---nproc``, plain ``torchrun -m tunelab train``, ``accelerate launch -m tunelab train`` and Ray Train. accelerate
+--nproc``, plain ``torchrun -m tunelab train`` and ``accelerate launch --multi_gpu -m tunelab train``. accelerate
 makes the process group (gloo on CPU, NCCL on GPUs) and wraps the model in DistributedDataParallel; the loop
 gives each rank an equal share of every global batch (``train.batch_size`` is the global batch, so the learning
 rate, the loss and the metrics mean what they mean on one process), evaluates on rank 0 and sends the result to
