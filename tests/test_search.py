@@ -172,3 +172,16 @@ def test_the_search_command_prints_the_trials_and_the_best_config(tmp_path: Path
     assert "config output_dir" in side_by_side and "config train.batch_size" not in side_by_side
     assert main(["runs", str(tmp_path / "nothing-here")]) == 2
     assert "is not a folder of runs" in capsys.readouterr().err
+
+
+def test_tunelab_runs_skips_a_damaged_manifest_in_a_listing_and_names_it_in_a_comparison(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    damaged = tmp_path / "runs" / "broken" / "artifact"
+    damaged.mkdir(parents=True)
+    (damaged / "manifest.json").write_text('{"task": {"name": "classi', encoding="utf-8")  # cut short
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    assert "no runs under" in capsys.readouterr().out
+    assert main(["runs", str(damaged.parent), str(damaged.parent)]) == 2
+    assert "manifest.json cannot be read" in capsys.readouterr().err
+    assert main(["runs", "a", "b", "c"]) == 2
+    assert "one folder (list its runs) or two runs" in capsys.readouterr().err

@@ -270,6 +270,22 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
+def flat_fields(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"dotted.key": value}`` (what trackers log and ``tunelab runs`` compares).
+
+    Args:
+        data: the mapping (e.g. ``Config.to_dict()``).
+        prefix: put before every key.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _section(registry: Any, base: type[BaseModel], default: str, value: Any) -> Any:
     """A ``task:`` / ``method:`` section (a name, or a mapping with ``name``) validated by the registered entry's
     own ``Options`` model; an unknown name is reported as an error of ``<section>.name``."""

@@ -17,19 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import MANIFEST, find_artifact, read_created
+from .config import flat_fields
 from .errors import ArtifactError, InputError
 from .metrics import scalar_metrics
 
 PRIMARY = ("accuracy", "macro_f1", "f1", "f1_micro", "exact_match", "rougeL", "rmse", "loss")
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict):
-        return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -93,7 +85,7 @@ def compare(a: str | Path, b: str | Path) -> dict[str, Any]:
         a, b: run folders or artifacts.
     """
     left, right = describe(a), describe(b)
-    ca, cb = _flat(left["config"]), _flat(right["config"])
+    ca, cb = flat_fields(left["config"]), flat_fields(right["config"])
     differ = {k: (ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)}
     metrics = {}
     for split in ("validation", "test"):

@@ -382,7 +382,8 @@ def _write_results(study: Any, out: Path, base: dict[str, Any], metric: str, dir
     if best is not None:
         best_config = out / "best.yaml"
         config = apply(base, {**best.params, "output_dir": str(out / "best")})
-        write_yaml(best_config, config)
+        write_yaml(out / ".best.yaml.tmp", config)  # complete or not at all
+        os.replace(out / ".best.yaml.tmp", best_config)
         artifact = best.user_attrs.get("artifact")
         best_artifact = Path(artifact) if artifact and Path(artifact).is_dir() else None
     plots = _plots(study, out)
@@ -391,7 +392,8 @@ def _write_results(study: Any, out: Path, base: dict[str, Any], metric: str, dir
                                                   "artifact": str(best_artifact) if best_artifact else None},
                "best_config": str(best_config) if best_config else None, "seconds": round(seconds, 1),
                "plots": [p.name for p in plots]}
-    (out / "search.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / ".search.json.tmp").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(out / ".search.json.tmp", out / "search.json")
     return SearchResult(study.study_name, url, metric, direction, None if best is None else best.value,
                         dict(best.params) if best else {}, best.number if best else None, best_config, best_artifact,
                         counts, round(seconds, 1), trials_csv, out / "search.json", plots)

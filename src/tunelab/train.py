@@ -34,7 +34,7 @@ from .checkpoint import (
     trainable_state,
     unchangeable,
 )
-from .config import TrainConfig
+from .config import TrainConfig, flat_fields
 from .distributed import broadcast, join_restarted_group, restarted, shard
 from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
@@ -189,17 +189,6 @@ def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, st
     return ckpt, changes
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def train_loop(inp: LoopInputs) -> TrainResult:
     """Train ``inp.model`` (see the module docstring); returns the history and the best step."""
     cfg = inp.train
@@ -218,7 +207,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     rank, size = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if cfg.track != "none":
-        accelerator.init_trackers("tunelab", config=_flat(inp.tracker_config))
+        accelerator.init_trackers("tunelab", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                     for k, v in flat_fields(inp.tracker_config).items()})
     weights = inp.class_weights.to(device) if inp.class_weights is not None else None
     metric_name, higher_is_better = inp.task.primary_metric
     lengths = [inp.task.feature_length(f) for f in inp.train_features]
