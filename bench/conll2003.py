@@ -58,7 +58,9 @@ def run_tunelab(args, method: str, options: dict | None = None) -> dict:
     if in_documents:
         task["stride"] = DOCUMENT["stride"]
     cfg = {"task": task, "model": "minilm", "output_dir": str(args.work / f"tunelab_{method}_{args.run_system}"),
-           "method": {"name": method, "r": HYPER["lora_r"], "alpha": 2 * HYPER["lora_r"]},
+           # full: the word-embedding matrix trained, as when these figures were measured (the default then)
+           "method": {"name": "full", "train_word_embeddings": True} if method == "full" else
+                     {"name": method, "r": HYPER["lora_r"], "alpha": 2 * HYPER["lora_r"]},
            "data": {"max_length": DOCUMENT["max_length"] if in_documents else HYPER["max_length"]},
            "train": {"epochs": args.epochs, "batch_size": DOCUMENT["batch_size"] if in_documents else HYPER["batch_size"],
                      "learning_rate": lr,

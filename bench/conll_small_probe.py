@@ -34,7 +34,8 @@ def main() -> None:
     report = {"command": "python bench/conll_small_probe.py " + " ".join(sys.argv[1:]),
               "train_sentences": args.train_sentences, "dev_sentences": args.dev_sentences, "epochs": 1}
     for markers in (False, True):
-        cfg = {"task": {"name": "ner", "case_markers": markers}, "model": "minilm", "method": "full",
+        cfg = {"task": {"name": "ner", "case_markers": markers}, "model": "minilm",
+               "method": {"name": "full", "train_word_embeddings": True},
                "output_dir": str(args.work / f"markers_{markers}"), "data": {"max_length": 128},
                "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "seed": 42}}
         run = tunelab.fit(cfg, train=train, validation=dev)

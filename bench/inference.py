@@ -70,7 +70,8 @@ def sst2(args: argparse.Namespace, report: dict) -> None:
     artifact = args.sst2_artifact
     if artifact is None:
         train = read_records(args.data_dir / "sst2" / "train.tsv", format="tsv").subset(range(10000))
-        artifact = tunelab.fit({"model": "minilm", "method": "full", "strategy": "finetune",
+        artifact = tunelab.fit({"model": "minilm",
+                                "method": {"name": "full", "train_word_embeddings": True}, "strategy": "finetune",
                                 "output_dir": str(args.work / "sst2"),
                                 "data": {"text_column": "sentence", "max_length": 66},
                                 "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "seed": 42,
@@ -147,7 +148,8 @@ def conll(args: argparse.Namespace, report: dict) -> None:
     artifact = args.conll_artifact
     if artifact is None:
         train = read_records(args.data_dir / "conll2003" / "train.txt").subset(range(3000))
-        artifact = tunelab.fit({"task": {"name": "ner", "case_markers": False}, "model": "minilm", "method": "full",
+        artifact = tunelab.fit({"task": {"name": "ner", "case_markers": False}, "model": "minilm",
+                                "method": {"name": "full", "train_word_embeddings": True},
                                 "strategy": "finetune", "output_dir": str(args.work / "conll"),
                                 "data": {"max_length": 128},
                                 "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "seed": 42}},

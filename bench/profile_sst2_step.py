@@ -30,7 +30,7 @@ def main() -> None:
     import tunelab
 
     rows = read_split(args.data_dir, "train", args.steps * HYPER["batch_size"] * 4)
-    cfg = {"model": "minilm", "method": "full", "output_dir": "/tmp/tunelab-profile",
+    cfg = {"model": "minilm", "method": {"name": "full", "train_word_embeddings": True}, "output_dir": "/tmp/tunelab-profile",
            "data": {"text_column": "sentence", "max_length": HYPER["max_length"]},
            "train": {"max_steps": args.steps, "batch_size": HYPER["batch_size"], "learning_rate": HYPER["learning_rate"],
                      "eval_every": 10**9}}

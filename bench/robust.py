@@ -51,7 +51,7 @@ def main() -> None:
     report: dict = {}
     for name in args.methods.split(","):
         started = time.perf_counter()
-        run = tunelab.fit({"model": "minilm", "method": "full", "strategy": "finetune",
+        run = tunelab.fit({"model": "minilm", "method": {"name": "full", "train_word_embeddings": True}, "strategy": "finetune",
                            "output_dir": str(args.work / name),
                            "data": {"text_column": "sentence", "max_length": 66, "augment": AUGMENT.get(name, [])},
                            "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "seed": 42,

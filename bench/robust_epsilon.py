@@ -40,7 +40,7 @@ def main() -> None:
     settings = {"standard": None, **{f"{args.method}_{e}": {"method": args.method, "epsilon": float(e)}
                                      for e in args.epsilons.split(",")}}
     for name, adversarial in settings.items():
-        run = tunelab.fit({"model": "minilm", "method": "full", "strategy": "finetune",
+        run = tunelab.fit({"model": "minilm", "method": {"name": "full", "train_word_embeddings": True}, "strategy": "finetune",
                            "output_dir": str(args.work / name),
                            "data": {"text_column": "sentence", "max_length": 66},
                            "train": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-4, "seed": 42,

@@ -58,7 +58,7 @@ def run_tunelab(args) -> dict:
     import tunelab
 
     train, dev = read_split(args.data_dir, "train", args.train_samples), read_split(args.data_dir, "dev")
-    cfg = {"model": "minilm", "method": "full", "output_dir": str(args.work / "tunelab"),
+    cfg = {"model": "minilm", "method": {"name": "full", "train_word_embeddings": True}, "output_dir": str(args.work / "tunelab"),
            "data": {"text_column": "sentence", "max_length": HYPER["max_length"]},
            "train": {"epochs": HYPER["epochs"], "batch_size": HYPER["batch_size"], "learning_rate": HYPER["learning_rate"],
                      "warmup_ratio": HYPER["warmup_ratio"], "weight_decay": HYPER["weight_decay"], "seed": HYPER["seed"],

@@ -120,7 +120,8 @@ def tiny_config(model: Path, out: Path, **train: object) -> dict:
         "model": str(model),
         "output_dir": str(out),
         "strategy": "finetune",  # tiny datasets would otherwise pick the few-shot path (strategy: auto)
-        "method": {"name": "full"},
+        # random weights: the word embeddings must learn too (pretrained models keep them frozen by default)
+        "method": {"name": "full", "train_word_embeddings": True},
         "data": {"max_length": 32},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 3, **train},
     }

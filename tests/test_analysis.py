@@ -26,7 +26,7 @@ pytest.importorskip("captum", reason="captum is not installed: pip install 'tune
 @pytest.fixture(scope="module")
 def classifier(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("analysis") / "sentiment"
-    config = tiny_config(tiny_bert, out, epochs=2, learning_rate=2e-3)
+    config = tiny_config(tiny_bert, out, epochs=2, learning_rate=2e-3, eval_every=8)  # once an epoch
     return tunelab.fit(config, train=sentiment_rows(64), validation=sentiment_rows(16, seed=5)).artifact_dir
 
 

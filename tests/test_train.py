@@ -160,3 +160,70 @@ def test_mlflow_tracking_without_mlflow_says_what_to_install(tiny_bert: Path, tm
         pass
     with pytest.raises(tunelab.ConfigError, match=r"pip install 'tunelab\[mlflow\]'"):
         tunelab.fit(tiny_config(tiny_bert, tmp_path / "m", max_steps=2, track="mlflow"), train=sentiment_rows(24))
+
+
+def test_full_fine_tuning_leaves_word_embeddings_frozen_unless_asked(tiny_bert: Path, tmp_path: Path) -> None:
+    """The recommended recipe does not train the word-embedding matrix: the saved artifact keeps the base model's
+    rows exactly (no update, no weight decay), while the rest of the encoder trains; asked, the matrix trains too."""
+    from safetensors.torch import load_file
+
+    from tunelab.models import resolve_model
+
+    base_weights = {}
+    for shard in Path(resolve_model(str(tiny_bert)).path).glob("*.safetensors"):
+        base_weights.update(load_file(str(shard)))
+    base = next(v for k, v in base_weights.items() if k.endswith("word_embeddings.weight"))
+    base_position = next(v for k, v in base_weights.items() if k.endswith("position_embeddings.weight"))
+    for train_words in (False, True):
+        cfg = tiny_config(tiny_bert, tmp_path / f"w{train_words}", epochs=1)
+        cfg["method"] = {"name": "full", "train_word_embeddings": train_words}
+        run = tunelab.fit(cfg, train=sentiment_rows(40))
+        saved = load_file(str(Path(run.artifact_dir) / "model" / "model.safetensors"))
+        words = next(v for k, v in saved.items() if k.endswith("word_embeddings.weight"))
+        position = next(v for k, v in saved.items() if k.endswith("position_embeddings.weight"))
+        assert torch.equal(words, base) is (not train_words)
+        assert not torch.equal(position, base_position)
+        assert run.parameters["trainable"] < run.parameters["total"] if not train_words else \
+            run.parameters["trainable"] == run.parameters["total"]
+
+
+def test_word_embeddings_stay_trainable_for_added_tokens_and_tied_outputs() -> None:
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    options = build_config({"method": "full"}).method
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32))
+    METHODS.get("full").adapt(bert, options, Target("SEQ_CLS", ["classifier"], [], 10))
+    assert not bert.get_input_embeddings().weight.requires_grad
+    METHODS.get("full").adapt(bert, options, Target("SEQ_CLS", ["classifier"], [48, 49], 10))  # marker tokens
+    assert bert.get_input_embeddings().weight.requires_grad
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
+    METHODS.get("full").adapt(llama, options, Target("CAUSAL_LM", [], [], 10))
+    assert llama.get_input_embeddings().weight.requires_grad  # it is also the output layer
+
+
+def test_epochs_follow_the_data_size_when_unset() -> None:
+    from tunelab.train import planned_epochs, total_optimizer_steps
+
+    auto = build_config({"train": {"batch_size": 32}}).train
+    assert planned_epochs(67349, auto) == 1 and total_optimizer_steps(67349, auto) == 2105
+    assert planned_epochs(4000, auto) == 4 and total_optimizer_steps(4000, auto) == 500
+    assert planned_epochs(100, auto) == 10  # capped
+    assert planned_epochs(4000, build_config({"train": {"epochs": 1}}).train) == 1  # an explicit choice stands
+    assert total_optimizer_steps(4000, build_config({"train": {"max_steps": 7}}).train) == 7
+
+
+def test_a_metric_still_rising_at_the_end_is_reported() -> None:
+    from tunelab.train import still_improving
+
+    def evals(*values: float) -> list[dict]:
+        return [{"step": 100 * (i + 1), "metrics": {"accuracy": v, "loss": 1 - v}} for i, v in enumerate(values)]
+
+    note = still_improving(evals(0.70, 0.77), "accuracy", True)
+    assert note and "0.7000 -> 0.7700" in note and "100 steps" in note
+    assert still_improving(evals(0.70, 0.77), "loss", False)  # lower is better: 0.30 -> 0.23
+    assert still_improving(evals(0.77,), "accuracy", True) is None  # one evaluation says nothing
+    assert still_improving(evals(0.80, 0.802), "accuracy", True) is None  # flat
+    assert still_improving(evals(0.85, 0.80, 0.82), "accuracy", True) is None  # not the best
+    assert still_improving(evals(0.77, 0.70), "accuracy", True) is None

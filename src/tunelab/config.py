@@ -111,7 +111,10 @@ class AdversarialConfig(_Strict):
 class TrainConfig(_Strict):
     """The training loop's knobs."""
 
-    epochs: float = Field(3.0, gt=0)
+    epochs: float | None = Field(None, gt=0, description="passes over the training data; unset: chosen from the data "
+                                 "size, enough for train.min_steps optimizer steps (1 to 10 epochs)")
+    min_steps: int = Field(500, ge=1, description="with epochs unset: the fewest optimizer steps to plan (small data "
+                           "gets more epochs, up to 10; early stopping and keep_best do the rest)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -125,7 +128,8 @@ class TrainConfig(_Strict):
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout")
     grad_accum_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    eval_every: int | None = Field(None, ge=1, description="steps between evaluations; default once an epoch")
+    eval_every: int | None = Field(None, ge=1, description="steps between evaluations; default once an epoch, and "
+                                   "at each quarter of a run shorter than 4 epochs")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
     keep_best: bool = Field(True, description="restore the best evaluated weights at the end")
     seed: int = 42

@@ -36,7 +36,8 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None) 
     """Train, save, reload and predict on the packaged data; returns the exit status."""
     started = time.perf_counter()
     cfg = load_config(demo_config_path(), [f"data.train={demo_data_path()}", f"output_dir={output_dir}", *(overrides or [])])
-    print(f"tunelab demo: {cfg.method.name} on {cfg.model}, {cfg.train.epochs:g} epochs, data {cfg.data.train}")
+    epochs = f"{cfg.train.epochs:g}" if cfg.train.epochs else "auto"
+    print(f"tunelab demo: {cfg.method.name} on {cfg.model}, {epochs} epochs, data {cfg.data.train}")
     run = fit(cfg)
     predictor = Predictor.load(run.artifact_dir)
     print()

@@ -224,12 +224,6 @@ def search(config: Config | dict[str, Any] | str | Path, *, space: dict[str, Any
     if metric is None:
         metric = TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0]
     direction = _direction(metric, direction)
-    no_evals = pruner != "none" and not cfg.train.eval_every and cfg.train.epochs <= 1 and not any(
-        p.path in ("train.eval_every", "train.epochs") for p in params)
-    if no_evals and not quiet:
-        print("note: the trials evaluate only at their end (one epoch, no train.eval_every), so the pruner has "
-              "nothing to judge early; set train.eval_every to prune", file=sys.stderr)
-
     url = storage or f"sqlite:///{out / 'study.db'}"
     name = study_name or "tunelab-search"
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=cfg.train.seed if seed is None else seed),

@@ -3,9 +3,10 @@
 Per optimizer step: the micro-batches of one accumulation window each add
 ``task loss (summed) / examples in the window`` plus any extra loss terms, so the loss is
 normalised over the whole window, not averaged per micro-batch. Then clip, optimizer and scheduler
-step. Every ``eval_every`` steps (default: once an epoch) the model is evaluated; the best weights
-are kept; early stopping watches the task's primary metric. Checkpoints carry the weights being
-trained, optimizer, scheduler, RNG states and the data position, so a killed run resumes exactly.
+step. Every ``eval_every`` steps (default: once an epoch, and at each quarter of a run shorter than 4 epochs)
+the model is evaluated; the best weights are kept; early stopping watches the task's primary metric.
+Checkpoints carry the weights being trained, optimizer, scheduler, RNG states and the data position, so a
+killed run resumes exactly.
 
 New training methods plug in as hooks (``tunelab.hooks.TrainHook``), not as edits of this loop: extra loss
 terms (EWC, AdaLoRA's orthogonality penalty), extra gradients (adversarial perturbation), per-step
@@ -76,6 +77,7 @@ class TrainResult:
     train_seconds: float
     samples_seen: int
     tokens_seen: int  # non-padding tokens
+    still_improving: str | None = None  # the warning when the metric was still rising at the end
 
     @property
     def samples_per_s(self) -> float:
@@ -83,12 +85,41 @@ class TrainResult:
         return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+AUTO_MAX_EPOCHS = 10
+
+
+def planned_epochs(n_examples: int, cfg: TrainConfig) -> float:
+    """``train.epochs``, or when unset the epochs the data size calls for: enough for ``train.min_steps`` optimizer
+    steps, at least 1 and at most ``AUTO_MAX_EPOCHS`` (a large set trains one epoch, a 4,000-row one four)."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    windows_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum_steps)
+    return float(min(AUTO_MAX_EPOCHS, max(1, math.ceil(cfg.min_steps / max(1, windows_per_epoch)))))
+
+
 def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
     """Optimizer steps the run will take (epochs x windows per epoch, or ``max_steps``)."""
     windows_per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum_steps)
     if cfg.max_steps:
         return cfg.max_steps
-    return max(1, math.ceil(windows_per_epoch * cfg.epochs))
+    return max(1, math.ceil(windows_per_epoch * planned_epochs(n_examples, cfg)))
+
+
+def still_improving(evals: list[dict[str, Any]], metric: str, higher_is_better: bool,
+                    min_gain: float = 0.005) -> str | None:
+    """A note when the run ended while its validation metric was still improving: the last evaluation is the best
+    and beat the one before it by more than ``min_gain`` of that one's size; None otherwise."""
+    if len(evals) < 2:
+        return None
+    values = [float(e["metrics"][metric]) for e in evals]
+    last, before = values[-1], values[-2]
+    best = max(values) if higher_is_better else min(values)
+    gain = (last - before) if higher_is_better else (before - last)
+    if last != best or gain <= min_gain * max(abs(before), 1e-12):
+        return None
+    return (f"validation {metric} was still improving when training ended ({before:.4f} -> {last:.4f} over the last "
+            f"{evals[-1]['step'] - evals[-2]['step']} steps): more training would likely help (raise train.epochs or "
+            "train.min_steps; early stopping ends it when it stops improving)")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, head_names: list[str]) -> torch.optim.Optimizer:
@@ -170,7 +201,7 @@ def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, st
     ckpt = load_checkpoint(run_dir)
     step = f"step {ckpt['loop'].get('step')} of {ckpt.get('total_steps')}" if ckpt else "an earlier step"
     if restarted() and not cfg.resume:
-        print(f"torchrun restarted the workers after a failure: resuming from {path} ({step})", file=sys.stderr)
+        print(f"the workers were restarted after a failure: resuming from {path} ({step})", file=sys.stderr)
     elif not cfg.resume:
         raise TrainingError(
             f"{run_dir} holds a checkpoint of an unfinished run ({step}): set train.resume=true to continue it, "
@@ -203,6 +234,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     optimizer = build_optimizer(model, cfg, inp.learning_rate, inp.head_names)
     total_steps = total_optimizer_steps(len(inp.train_features), cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    if cfg.epochs is None and not cfg.max_steps and accelerator.is_main_process:
+        print(f"train: {planned_epochs(len(inp.train_features), cfg):g} epochs, {total_steps} optimizer steps (epochs "
+              f"unset: at least train.min_steps={cfg.min_steps} steps, 1 to {AUTO_MAX_EPOCHS} epochs)", file=sys.stderr)
     model, optimizer = accelerator.prepare(model, optimizer)
     rank, size = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
@@ -260,7 +294,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         metrics = broadcast(metrics)
         value = float(metrics[metric_name])
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
-               "metrics": metrics}
+               "train_seconds": round(st["train_seconds"], 3), "metrics": metrics}
         st["evals"].append(row)
         improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better else value < st["best_metric"])
         if improved:
@@ -283,6 +317,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             hook.on_evaluate(st["step"], metrics)
 
     windows_per_epoch = math.ceil(math.ceil(len(lengths) / cfg.batch_size) / cfg.grad_accum_steps)
+    # eval_every unset: once an epoch, and in a run of fewer than 4 epochs also at each quarter of it, so keep-best,
+    # early stopping and the still-improving check have evaluations to go on
+    quarter = math.ceil(total_steps / 4) if not cfg.eval_every and total_steps < 4 * windows_per_epoch else None
     model.train()
     done = st["step"] >= total_steps or st["stopped_early"]
     while not done:
@@ -372,7 +409,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
 
             end_of_epoch = st["window"] == len(windows)
             last_step = st["step"] >= total_steps
-            if (cfg.eval_every and st["step"] % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch) or last_step:
+            if (cfg.eval_every and st["step"] % cfg.eval_every == 0) or last_step or (
+                    not cfg.eval_every and (end_of_epoch or (quarter and st["step"] % quarter == 0))):
                 if not st["evals"] or st["evals"][-1]["step"] != st["step"]:
                     run_eval()
             if end_of_epoch:
@@ -391,6 +429,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             if end_of_epoch:
                 break  # next epoch: new batch order
     bar.close()
+    improving = None if st["stopped_early"] else still_improving(st["evals"], metric_name, higher_is_better)
+    if improving and main:
+        print(f"warning: {improving}", file=sys.stderr, flush=True)
     for hook in inp.hooks:
         hook.on_train_end(accelerator.unwrap_model(model))
     if cfg.keep_best and best_state is not None:
@@ -401,5 +442,5 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         steps=st["step"], epochs_done=st["history"][-1]["epoch"] if st["history"] else 0.0,
         history=st["history"], evals=st["evals"], best_step=st["best_step"], best_metric=st["best_metric"],
         metric_name=metric_name, stopped_early=st["stopped_early"], train_seconds=st["train_seconds"],
-        samples_seen=st["samples_seen"], tokens_seen=st["tokens_seen"],
+        samples_seen=st["samples_seen"], tokens_seen=st["tokens_seen"], still_improving=improving,
     )

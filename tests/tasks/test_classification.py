@@ -14,7 +14,8 @@ from conftest import sentiment_rows, tiny_config
 
 def _fit(tiny_bert: Path, out: Path, rows=None, method="full", task=None, data=None, **train):
     cfg = tiny_config(tiny_bert, out, **train)
-    cfg["method"] = method if isinstance(method, dict) else {"name": method}
+    cfg["method"] = method if isinstance(method, dict) else \
+        {"name": method, **({"train_word_embeddings": True} if method == "full" else {})}  # random weights: all learn
     if task:
         cfg["task"] = task
     if data:

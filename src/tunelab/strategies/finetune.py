@@ -113,7 +113,8 @@ class FineTune(Strategy):
         tensors = to_save.state_dict().values() if model_format == "full" else \
             [p for p in to_save.parameters() if p.requires_grad]
         report = {"primary_metric": result.metric_name, "best_step": result.best_step, "steps": result.steps,
-                  "stopped_early": result.stopped_early, "train_samples_per_s": round(result.samples_per_s, 2),
+                  "stopped_early": result.stopped_early, "still_improving": result.still_improving is not None,
+                  "train_samples_per_s": round(result.samples_per_s, 2),
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
         if adversary is not None:
             report["adversarial"] = adversary.summary(result.train_seconds)
