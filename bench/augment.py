@@ -10,6 +10,7 @@ Recipe (the same for every run): full fine-tuning for a fixed 150 optimizer step
 give augmented runs more updates, not just more varied ones), learning rate 5e-5, max_length 66, keep-best off.
 
     python bench/augment.py [--data-dir ../shared/data] [--sizes 500,2000] [--seeds 5]
+    python bench/augment.py --append --sizes 500 --augmentations paraphrase   # add rows to an existing report
 
 Writes bench/results/augment.json.
 """
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--paraphrase-max-rows", type=int, default=500)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "augment.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out and run only the listed jobs (same --seeds and --steps)")
     args = parser.parse_args()
     import tunelab
     from tunelab.data import read_records
@@ -56,6 +59,13 @@ def main() -> None:
     train = read_records(args.data_dir / "sst2" / "train.tsv", format="tsv").rows
     dev = read_records(args.data_dir / "sst2" / "dev.tsv", format="tsv")
     report: dict = {"seeds": args.seeds, "steps": args.steps, "runs": {}}
+    commands = []
+    if args.append and args.out.exists():
+        report = json.loads(args.out.read_text())
+        if (report.get("seeds"), report.get("steps")) != (args.seeds, args.steps):
+            sys.exit(f"{args.out} was made with seeds={report.get('seeds')} steps={report.get('steps')}; "
+                     f"--append needs the same (got seeds={args.seeds} steps={args.steps})")
+        commands = [report["command"]] if isinstance(report.get("command"), str) else list(report.get("command", []))
     sizes = [int(s) for s in args.sizes.split(",")]
     names = args.augmentations.split(",")
     # paraphrase last: it generates with SmolLM2 first, the slowest part; everything else is in by then
@@ -63,8 +73,9 @@ def main() -> None:
     jobs += [(size, "paraphrase") for size in sizes if "paraphrase" in names]
     skipped = [(s, n) for s, n in jobs if n == "paraphrase" and s > args.paraphrase_max_rows]
     if skipped:
-        report["not_run"] = [f"rows_{s}:{n}" for s, n in skipped]
+        report["not_run"] = sorted(set(report.get("not_run", [])) | {f"rows_{s}:{n}" for s, n in skipped})
     jobs = [job for job in jobs if job not in skipped]
+    earlier_pending = [p for p in report.get("pending", []) if p not in {f"rows_{s}:{n}" for s, n in jobs}]
     for index, (size, name) in enumerate(jobs):
         key = f"rows_{size}"
         report.setdefault(key, {})
@@ -74,7 +85,7 @@ def main() -> None:
             rows = random.Random(seed).sample(train, size)
             started = time.perf_counter()
             run = tunelab.fit({
-                "model": "minilm", "method": "full", "strategy": "finetune",
+                "model": "minilm", "method": {"name": "full", "train_word_embeddings": True}, "strategy": "finetune",
                 "output_dir": str(args.work / f"{key}-{name}-{seed}"),
                 "data": {"text_column": "sentence", "max_length": 66, "augment": AUGMENTATIONS[name]},
                 "train": {"max_steps": args.steps, "epochs": 100, "batch_size": 16, "learning_rate": 5e-5,
@@ -86,13 +97,14 @@ def main() -> None:
         report["runs"][key][name] = {"accuracies": [round(a, 4) for a in accuracies], "seconds": seconds}
         print(key, name, report[key][name], accuracies, flush=True)
         # the report is whole after every augmentation: what is still to run is listed, not missing silently
-        report["pending"] = [f"rows_{s}:{n}" for s, n in jobs[index + 1:]]
+        report["pending"] = earlier_pending + [f"rows_{s}:{n}" for s, n in jobs[index + 1:]]
         for k in [k for k in report if k.startswith("rows_")]:
             base = report[k].get("none")
             if base is not None:
                 report.setdefault("gain_points", {})[k] = {n: round(100 * (v - base), 2) for n, v in report[k].items()
                                                            if n != "none"}
-        report["command"] = "python bench/augment.py " + " ".join(sys.argv[1:])
+        this = ("python bench/augment.py " + " ".join(sys.argv[1:])).strip()
+        report["command"] = commands + [this] if commands else this
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
