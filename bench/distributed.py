@@ -1,4 +1,5 @@
-"""One process vs two (tunelab train --nproc 2, torchrun, gloo) on the same global batch: MiniLM on SST-2.
+"""One process vs two (tunelab train --nproc 2, torchrun, gloo) vs two Ray Train workers (--backend ray --workers 2,
+a local Ray) on the same global batch: MiniLM on SST-2.
 
 Same config both ways (the first --rows SST-2 training rows, 1 epoch, global batch 32, lr 1e-4, dropout 0 so the
 two runs see the same computation; full dev set): training samples/s, the largest difference between the two
@@ -39,8 +40,8 @@ def main() -> None:
     train.write_text("\n".join(lines[: args.rows + 1]) + "\n", encoding="utf-8")
     report: dict = {"rows": args.rows, "global_batch": 32, "machine": {"cores": os.cpu_count()}, "runs": {}}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for nproc in (1, 2):
-        name = f"nproc_{nproc}"
+    launches = {"nproc_1": ["--nproc", "1"], "nproc_2": ["--nproc", "2"], "ray_2": ["--backend", "ray", "--workers", "2"]}
+    for name, launch in launches.items():
         config = {"model": "minilm", "method": "full", "strategy": "finetune", "output_dir": str(args.work / name),
                   "data": {"train": str(train), "validation": str(args.data_dir / "sst2" / "dev.tsv"),
                            "text_column": "sentence", "max_length": 66},
@@ -51,7 +52,7 @@ def main() -> None:
         if (args.work / name).exists():
             subprocess.run(["rm", "-rf", str(args.work / name)], check=True)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", str(nproc)], check=True, env=env)
+        subprocess.run([sys.executable, "-m", "tunelab", "train", str(path), *launch], check=True, env=env)
         wall = time.perf_counter() - started
         artifact = args.work / name / "artifact"
         metrics = json.loads((artifact / "metrics.json").read_text())
@@ -61,10 +62,12 @@ def main() -> None:
                                 "train_seconds": metrics["train_seconds"], "wall_seconds": round(wall, 1),
                                 "losses": [round(s["loss"], 6) for s in steps]}
         print(name, {k: v for k, v in report["runs"][name].items() if k != "losses"}, flush=True)
-    one, two = report["runs"]["nproc_1"], report["runs"]["nproc_2"]
-    report["max_loss_difference"] = round(max(abs(a - b) for a, b in zip(one["losses"], two["losses"])), 6)
-    report["accuracy_difference_points"] = round(100 * (two["accuracy"] - one["accuracy"]), 2)
-    report["samples_per_s_ratio_2_vs_1"] = round(two["train_samples_per_s"] / one["train_samples_per_s"], 3)
+    one = report["runs"]["nproc_1"]
+    for name in ("nproc_2", "ray_2"):
+        other = report["runs"][name]
+        report[name] = {"max_loss_difference": round(max(abs(a - b) for a, b in zip(one["losses"], other["losses"])), 6),
+                        "accuracy_difference_points": round(100 * (other["accuracy"] - one["accuracy"]), 2),
+                        "samples_per_s_ratio_vs_1": round(other["train_samples_per_s"] / one["train_samples_per_s"], 3)}
     report["command"] = "python bench/distributed.py " + " ".join(sys.argv[1:])
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print({k: v for k, v in report.items() if k != "runs"})

@@ -20,7 +20,7 @@ LAYERS = [
     {"methods", "train", "adapters", "explain", "adversarial"},
     {"predictor"},
     {"strategies", "analysis", "attack"},
-    {"api", "export", "export_check", "export_genai", "compress", "serve", "continual", "search"},
+    {"api", "export", "export_check", "export_genai", "compress", "serve", "continual", "search", "ray_backend"},
     {"cli", "demo", "__main__"},
     {""},  # the package itself: tunelab/__init__.py
 ]

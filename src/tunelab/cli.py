@@ -24,6 +24,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .distributed import launch, rank_and_size
 
+    if args.backend == "ray":
+        from .config import parse_overrides
+        from .ray_backend import train_on_ray
+
+        if args.nproc > 1 or args.nnodes > 1:
+            raise ConfigError("--backend ray places the workers itself: use --workers, not --nproc/--nnodes")
+        load_config(args.config, args.overrides)  # a bad config is named here, before Ray starts
+        result = train_on_ray(args.config, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                              address=args.ray_address, max_failures=args.max_restarts,
+                              overrides=parse_overrides(args.overrides))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items() if isinstance(v, (int, float)))
+        print(f"ray train: {args.workers} workers, {result['steps']} steps; validation {metrics}\n"
+              f"artifact: {result['artifact_dir']}")
+        return 0
     if args.nproc > 1 or args.nnodes > 1:
         if rank_and_size()[1] > 1:
             raise ConfigError("--nproc/--nnodes start a distributed run; this process is already part of one "
@@ -44,9 +58,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .config import parse_overrides
     from .search import search, trials_table
 
-    result = search(_existing(args.config, "config"), trials=args.trials, output_dir=args.out, metric=args.metric,
-                    direction=args.direction, sampler=args.sampler, pruner=args.pruner, storage=args.storage,
-                    study_name=args.study, keep=args.keep, timeout=args.timeout, overrides=parse_overrides(args.overrides))
+    if args.backend == "ray":
+        from .ray_backend import search_on_ray
+
+        if args.pruner not in ("median", "hyperband") or args.timeout:
+            raise ConfigError("--backend ray prunes with Ray Tune's ASHA scheduler and has no --timeout: leave out "
+                              "--pruner and --timeout")
+        result = search_on_ray(_existing(args.config, "config"), trials=args.trials, output_dir=args.out,
+                               metric=args.metric, direction=args.direction, sampler=args.sampler,
+                               cpus_per_trial=args.cpus_per_worker, concurrent=args.workers, keep=args.keep,
+                               storage=args.storage, study_name=args.study, address=args.ray_address,
+                               overrides=parse_overrides(args.overrides))
+    else:
+        result = search(_existing(args.config, "config"), trials=args.trials, output_dir=args.out, metric=args.metric,
+                        direction=args.direction, sampler=args.sampler, pruner=args.pruner, storage=args.storage,
+                        study_name=args.study, keep=args.keep, timeout=args.timeout,
+                        overrides=parse_overrides(args.overrides))
     print(trials_table(result))
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
     print(f"\n{counts}; this run {result.seconds:.0f} s")
@@ -119,19 +146,12 @@ def _predict_chunks(args: argparse.Namespace, predictor: Any, skip: int) -> tupl
     constant memory), the arguments, or stdin (every line is an input, blank ones included, so output line N
     answers input line N). Returns the chunks and the number of inputs when known cheaply (for progress)."""
     from .data import Records, count_lines, iter_records
-
-    def own_columns(records: Records) -> Records:
-        if records.columns == ["text"] and all(set(r) == {"text"} for r in records.rows):
-            # plain lines (a .txt file, a one-column file): the model's own text column, keeping the line numbers
-            shaped = predictor.as_records([r["text"] for r in records.rows])
-            shaped.source, shaped.lines = records.source, records.lines
-            return shaped
-        return records
+    from .predictor import as_own_columns
 
     if args.file:
         path = _existing(args.file, "input")
         chunks = iter_records(path, format=args.format, encoding=args.encoding, chunk=args.chunk, skip=skip)
-        return (own_columns(c) for c in chunks), count_lines(path)
+        return (as_own_columns(predictor, c) for c in chunks), count_lines(path)
     texts = list(args.texts) if args.texts else [line.rstrip("\r\n") for line in sys.stdin]
     if not args.texts:
         while texts and not texts[-1].strip():  # the newline at the end of input is not an input
@@ -144,10 +164,12 @@ def _predict_chunks(args: argparse.Namespace, predictor: Any, skip: int) -> tupl
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``tunelab predict ARTIFACT [TEXT ...] [--file F]``: one JSON line per input, in order."""
-    from .predictor import Predictor
+    """``tunelab predict ARTIFACT [TEXT ...] [--file F] [--backend ray]``: one JSON line per input, in order."""
+    from .predictor import Predictor, prediction_line
     from .progress import progress
 
+    if args.backend == "ray":
+        return _predict_on_ray(args)
     predictor = Predictor.load(args.artifact, threads=args.threads)
     if args.stream:
         if args.file:
@@ -173,10 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for chunk in progress(chunks, total=-(-max(0, (total or 0) - done) // args.chunk), desc="predict",
                               unit="chunk", quiet=quiet):
             for i, pred in enumerate(predictor.predict(chunk, batch_size=args.batch_size, on_error=on_error)):
-                ident = chunk.rows[i].get(args.id_column)
-                head = {"row": chunk.number(i), **({"id": ident} if ident is not None else {})}
                 failed += "error" in pred
-                handle.write(json.dumps({**head, **pred}, ensure_ascii=False, default=str) + "\n")
+                handle.write(prediction_line(chunk, i, pred, args.id_column) + "\n")
             written += len(chunk)
             handle.flush()
         if out:
@@ -193,6 +213,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"warning: {failed} of {written} inputs could not be predicted: see the \"error\" field of those "
               "rows (--on-error fail stops at the first instead)", file=sys.stderr)
+    return 0
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    """``tunelab predict ART --file F|DIR --backend ray``: Ray Data actors predict, this process writes in order."""
+    from .ray_backend import predict_on_ray, require_ray
+
+    if not args.file or args.texts or args.stream or args.resume:
+        raise InputError("--backend ray predicts a --file (or a directory of files) and writes all of it: give --file, "
+                         "without texts, --stream or --resume")
+    path = Path(args.file)
+    if not path.exists():
+        raise InputError(f"input {path} does not exist")
+    require_ray()
+    out = _PartialOutput(Path(args.output), resume=False) if args.output else None
+    handle = sys.stdout
+    if out:
+        out.open()
+        handle = out.handle
+    try:
+        counts = predict_on_ray(args.artifact, path, handle, actors=args.workers, cpus_per_actor=args.cpus_per_worker,
+                                batch_size=args.batch_size, on_error="raise" if args.on_error == "fail" else "record",
+                                id_column=args.id_column, format=args.format, encoding=args.encoding, chunk=args.chunk,
+                                address=args.ray_address)
+        if out:
+            out.commit()
+    except BaseException:
+        if out:
+            out.discard()
+        raise
+    finally:
+        if out:
+            out.close()
+    if counts["failed"]:
+        print(f"warning: {counts['failed']} of {counts['written']} inputs could not be predicted: see the \"error\" "
+              "field of those rows", file=sys.stderr)
     return 0
 
 
@@ -521,7 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", parents=[common], help="fit from a YAML config (+ key=value overrides): fine-tune, setfit, or "
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--backend", choices=("local", "ray"), default="local",
+                         help="local (this machine; default) or ray (a Ray cluster: pip install tunelab[ray])")
+    cluster.add_argument("--workers", type=_positive, default=2,
+                         help="ray: training processes (train), trials at once (search), predictor actors (predict)")
+    cluster.add_argument("--cpus-per-worker", type=_positive, default=1, help="ray: CPUs each worker reserves and uses")
+    cluster.add_argument("--ray-address", help="ray: the cluster (default: RAY_ADDRESS, or the one `ray start` made on "
+                         "this machine, else a local Ray for this job)")
+
+    p = sub.add_parser("train", parents=[common, cluster], help="fit from a YAML config (+ key=value overrides): "
+                       "fine-tune, setfit, or "
                        "a zero/few-shot prompt artifact (strategy)")
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 method.name=full")
@@ -531,10 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rank", type=int, help="this machine's number, 0 .. nnodes-1")
     p.add_argument("--rdzv-endpoint", help="HOST:PORT of the first machine (multi-node rendezvous)")
     p.add_argument("--max-restarts", type=int, default=0, help="restart the workers after a failure this many times; "
-                   "they resume from the last checkpoint (train.checkpoint_every)")
+                   "they resume from the last checkpoint (train.checkpoint_every); also with --backend ray")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", parents=[common], help="hyperparameter search (Optuna) over the config's search: "
+    p = sub.add_parser("search", parents=[common, cluster], help="hyperparameter search (Optuna) over the config's search: "
                        "section; resumable; writes best.yaml, trials.csv and plots")
     p.add_argument("config", help="YAML config file with a search: section")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config, e.g. train.epochs=1")
@@ -565,10 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin) as JSON lines: one line per "
-                       "input, in order, with its row number", parents=[common, reading])
+                       "input, in order, with its row number", parents=[common, reading, cluster])
     p.add_argument("artifact", help="artifact or run directory")
     p.add_argument("texts", nargs="*", help="texts to predict for (classify, tag, summarize, ...)")
-    p.add_argument("--file", help="records file with the training text column(s), or a .txt file of one text per line")
+    p.add_argument("--file", help="records file with the training text column(s), or a .txt file of one text per line "
+                   "(--backend ray: also a directory of such files)")
     p.add_argument("--output", help="write JSON lines here (complete, or not at all) instead of stdout")
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--on-error", choices=("record", "fail"), default="record",

@@ -39,8 +39,9 @@ def is_main() -> bool:
 
 
 def restarted() -> bool:
-    """Whether torchrun restarted this worker after a failure (then the run resumes from its checkpoint)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    """Whether the launcher restarted this worker after a failure (then the run resumes from its checkpoint):
+    torchrun says so in ``TORCHELASTIC_RESTART_COUNT``, tunelab's Ray Train worker in ``TUNELAB_RESTART_COUNT``."""
+    return any(int(os.environ.get(name, "0")) > 0 for name in ("TORCHELASTIC_RESTART_COUNT", "TUNELAB_RESTART_COUNT"))
 
 
 def join_restarted_group() -> None:
@@ -55,7 +56,8 @@ def join_restarted_group() -> None:
     import torch
     import torch.distributed as dist
 
-    if not restarted() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or dist.is_initialized() \
+            or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"

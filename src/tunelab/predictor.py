@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -282,3 +283,38 @@ class Predictor:
         """
         with self.using() as model:
             return self.task.evaluate_records(model, self.processor, read_records(data), batch_size)
+
+
+def as_own_columns(predictor: Predictor, records: Records) -> Records:
+    """Plain lines (a .txt file, a one-column ``text`` file) as the model's own text column, keeping their numbers.
+
+    Args:
+        predictor: the predictor whose task decides the columns.
+        records: records read from a file.
+
+    Example:
+        >>> as_own_columns(predictor, read_records("lines.txt"))   # doctest: +SKIP
+    """
+    if records.columns == ["text"] and all(set(r) == {"text"} for r in records.rows):
+        shaped = predictor.as_records([r["text"] for r in records.rows])
+        shaped.source, shaped.lines = records.source, records.lines
+        return shaped
+    return records
+
+
+def prediction_line(records: Records, i: int, prediction: dict[str, Any], id_column: str = "id") -> str:
+    """The JSON line ``tunelab predict`` writes for row ``i``: its number, its id if it has one, the prediction.
+
+    Args:
+        records: the records predicted.
+        i: the row.
+        prediction: its prediction (or error record).
+        id_column: the column copied as ``id`` when the row has it.
+
+    Example:
+        >>> prediction_line(records, 0, {"label": "positive"})   # doctest: +SKIP
+        '{"row": 1, "label": "positive"}'
+    """
+    ident = records.rows[i].get(id_column)
+    head = {"row": records.number(i), **({"id": ident} if ident is not None else {})}
+    return json.dumps({**head, **prediction}, ensure_ascii=False, default=str)
