@@ -418,27 +418,15 @@ def search_on_ray(config: Any, *, space: dict[str, Any] | None = None, trials: i
     Example:
         >>> search_on_ray("sst2_search.yaml", trials=20, cpus_per_trial=2)   # doctest: +SKIP
     """
-    from .config import build_config
-    from .data import read_records
-    from .registry import TASKS
-    from .search import KEEP, SAMPLERS, _check_same_search, _direction, _optuna, _storage, _tidy, _write_results, split_search
+    from .search import KEEP, SAMPLERS, _check_same_search, _optuna, _storage, _tidy, _write_results, prepare_search
 
     if sampler not in SAMPLERS or keep not in KEEP:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)} and keep one of {', '.join(KEEP)}")
     if trials < 1 or cpus_per_trial < 1:
         raise ConfigError(f"trials and cpus_per_trial must be >= 1, got {trials} and {cpus_per_trial}")
-    base, params = split_search(config, space, overrides)
-    optuna = _optuna()
-    cfg = build_config(base)
-    out = Path(output_dir or cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    train_records = read_records(train) if train is not None else (
-        read_records(cfg.data.train, format=cfg.data.format, encoding=cfg.data.encoding) if cfg.data.train else None)
-    if train_records is None:
-        raise ConfigError("search: no training data: set data.train in the config or pass train=...")
-    val_records = read_records(validation) if validation is not None else None
-    metric = metric or TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0]
-    direction = _direction(metric, direction)
+    optuna = _optuna()  # missing Optuna is said before any data is read
+    base, params, cfg, out, train_records, val_records, metric, direction = prepare_search(
+        config, space, overrides, output_dir, train, validation, metric, direction)
     url = storage or f"sqlite:///{out / 'study.db'}"
     name = study_name or "tunelab-search"
     samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}

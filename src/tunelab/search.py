@@ -145,6 +145,24 @@ def split_search(config: Config | dict[str, Any] | str | Path, space: dict[str, 
     return base, params
 
 
+def prepare_search(config: Any, space: dict[str, Any] | None, overrides: dict[str, Any] | None,
+                   output_dir: str | Path | None, train: Any, validation: Any, metric: str | None,
+                   direction: str | None) -> tuple[dict[str, Any], list[Param], Config, Path, Any, Any, str, str]:
+    """What every search backend starts from: the base config and its space (checked), the output folder (made),
+    the training and validation records (read once, shared by the trials), the metric and its direction."""
+    base, params = split_search(config, space, overrides)
+    cfg = build_config(base)
+    out = Path(output_dir or cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train_records = read_records(train) if train is not None else (
+        read_records(cfg.data.train, format=cfg.data.format, encoding=cfg.data.encoding) if cfg.data.train else None)
+    if train_records is None:
+        raise ConfigError("search: no training data: set data.train in the config or pass train=...")
+    val_records = read_records(validation) if validation is not None else None
+    metric = metric or TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0]
+    return base, params, cfg, out, train_records, val_records, metric, _direction(metric, direction)
+
+
 def _direction(metric: str, direction: str | None) -> str:
     if direction is not None:
         if direction not in ("maximize", "minimize"):
@@ -210,20 +228,9 @@ def search(config: Config | dict[str, Any] | str | Path, *, space: dict[str, Any
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ConfigError(f"trials must be a whole number >= 1, got {trials!r}")
-    base, params = split_search(config, space, overrides)
-    optuna = _optuna()
-    cfg = build_config(base)
-    out = Path(output_dir or cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    train_records = read_records(train) if train is not None else (read_records(cfg.data.train, format=cfg.data.format,
-                                                                                encoding=cfg.data.encoding)
-                                                                   if cfg.data.train else None)
-    val_records = read_records(validation) if validation is not None else None
-    if train_records is None:
-        raise ConfigError("search: no training data: set data.train in the config or pass train=...")
-    if metric is None:
-        metric = TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0]
-    direction = _direction(metric, direction)
+    optuna = _optuna()  # missing Optuna is said before any data is read
+    base, params, cfg, out, train_records, val_records, metric, direction = prepare_search(
+        config, space, overrides, output_dir, train, validation, metric, direction)
     url = storage or f"sqlite:///{out / 'study.db'}"
     name = study_name or "tunelab-search"
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=cfg.train.seed if seed is None else seed),
