@@ -197,7 +197,7 @@ def _input_files(path: Path) -> list[Path]:
 class _ReadChunks:
     """Ray Data step 1: one input file -> its records in chunks (tunelab's reader: same rows and numbers)."""
 
-    def __init__(self, format: str | None, encoding: str | None, chunk: int):
+    def __init__(self, format: str, encoding: str, chunk: int):
         self.format, self.encoding, self.chunk = format, encoding, chunk
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -243,7 +243,7 @@ class _PredictLines:
 
 def predict_on_ray(artifact: str | Path, input: str | Path, handle: Any, *, actors: int = 2,
                    cpus_per_actor: int = 1, batch_size: int = 64, on_error: str = "record", id_column: str = "id",
-                   format: str | None = None, encoding: str | None = None, chunk: int = 1024,
+                   format: str = "auto", encoding: str = "utf-8", chunk: int = 1024,
                    address: str | None = None) -> dict[str, int]:
     """Predict every record of a file (or of every file in a directory, in path order) with a pool of Ray actors.
 
