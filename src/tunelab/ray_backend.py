@@ -84,6 +84,9 @@ def _quiet_ray_data(ray: Any) -> Any:
     context.execution_options.preserve_order = True  # output line N answers input row N
     context.enable_progress_bars = False
     context.issue_detectors_config.detectors = []  # its memory advice is about Ray's own defaults, not the user's job
+    # Ray gathers a task's output into blocks of up to 128 MiB: a whole file would reach the actors as one block
+    # (one actor busy, nothing written until the end). Small blocks spread the work and stream the output.
+    context.target_max_block_size = 1 << 20
     return context
 
 
@@ -279,7 +282,7 @@ def predict_on_ray(artifact: str | Path, input: str | Path, handle: Any, *, acto
         dataset = ray.data.from_items([{"path": str(p.resolve())} for p in files], override_num_blocks=len(files))
         dataset = dataset.map_batches(_ReadChunks, fn_constructor_kwargs={"format": format, "encoding": encoding,
                                                                           "chunk": chunk},
-                                      batch_size=1, concurrency=1, num_cpus=0.1)
+                                      batch_size=1, concurrency=1, num_cpus=0)  # reading leaves the CPUs to actors
         dataset = dataset.map_batches(
             _PredictLines, fn_constructor_kwargs={"artifact": artifact_dir, "batch_size": batch_size,
                                                   "on_error": on_error, "id_column": id_column,
