@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +92,48 @@ def test_ray_train_two_workers_end_where_one_process_ends(cluster, tmp_path: Pat
     assert capsys.readouterr().out.count(f"artifact: {tmp_path / 'ray' / 'artifact'}") == 1
 
 
+def test_a_killed_ray_train_worker_is_restarted_and_the_run_resumes_from_its_checkpoint(cluster, tmp_path: Path,
+                                                                                      tiny_bert: Path) -> None:
+    from tunelab.ray_backend import train_on_ray
+
+    train, val = write_data(tmp_path)
+    config = tiny_config(tiny_bert, tmp_path / "elastic", dropout=0.0, batch_size=8, epochs=40, checkpoint_every=10,
+                         eval_every=1000)
+    config["data"].update(train=str(train), validation=str(val))
+    checkpoint = tmp_path / "elastic" / "checkpoint.pt"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train_on_ray(config, workers=2, max_failures=1)))
+    thread.start()
+    deadline = time.time() + 480  # Ray starts a controller and two workers that import torch: slow on a busy machine
+    while not checkpoint.exists() and time.time() < deadline and thread.is_alive():
+        time.sleep(0.1)
+    assert checkpoint.exists(), "no checkpoint was written"
+    workers = ray_train_workers()
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)  # one of the two: Ray Train must notice, stop the group and restart it
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "result" in outcome, "the restarted run did not finish"
+    report = json.loads((tmp_path / "elastic" / "artifact" / "metrics.json").read_text())
+    total = 40 * 48 // 8
+    assert outcome["result"]["steps"] == report["steps"] == total
+    assert len(report["resumed_at_steps"]) == 1 and 10 <= report["resumed_at_steps"][0] < total  # resumed, not restarted
+    steps = json.loads((tmp_path / "elastic" / "artifact" / "history.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == list(range(1, total + 1))  # one continuous history
+    assert not checkpoint.exists()  # the finished run removed it
+
+
+def ray_train_workers() -> list[int]:
+    """Process ids of this machine's Ray Train worker actors (their process title names the actor class)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::RayTrainWorker"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return sorted(found)
+
+
 def test_ray_tune_search_records_trials_and_writes_a_config_ready_to_train(cluster, tmp_path: Path,
                                                                            tiny_bert: Path) -> None:
     from tunelab.ray_backend import search_on_ray
@@ -124,3 +170,22 @@ def test_without_ray_one_message_says_what_to_install(monkeypatch: pytest.Monkey
     config.write_text("model: minilm\n", encoding="utf-8")
     assert main(["train", str(config), "--backend", "ray"]) == 2
     assert "pip install tunelab[ray]" in capsys.readouterr().err
+
+
+def test_a_job_local_ray_without_authentication_is_said_out_loud(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    import types
+
+    from tunelab.ray_backend import ray_session
+
+    started: list[dict] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: started.append(kw),
+                                 shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for mode, warned in (("disabled", True), ("token", False)):
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+        with ray_session(num_cpus=1):
+            pass
+        assert ("without authentication" in capsys.readouterr().err) is warned
+    assert [kw["num_cpus"] for kw in started] == [1, 1] and all(not kw["include_dashboard"] for kw in started)

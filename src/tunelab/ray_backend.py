@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         address: ``ray://HOST:10001``, ``HOST:6379`` or ``auto``; None: ``RAY_ADDRESS`` or the cluster ``ray start``
             made on this machine if there is one, else a new local Ray.
         num_cpus: CPUs of a new local Ray (default: all).
+
+    A new local Ray (Ray >= 2.60) requires Ray's token (``~/.ray/auth_token``, made by Ray) on every connection;
+    its services listen on the machine's interfaces, not only loopback. ``RAY_AUTH_MODE=disabled`` turns the
+    token off, and then this says so on stderr.
     """
     ray = require_ray()
     if ray.is_initialized():  # e.g. inside `ray job submit`, or a test's own cluster
@@ -68,6 +73,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         kwargs["address"] = address or os.environ["RAY_ADDRESS"]
     else:
         kwargs["num_cpus"] = num_cpus
+        if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+            print("warning: RAY_AUTH_MODE=disabled: the local Ray started for this job listens on this machine's "
+                  "network interfaces without authentication, and anyone who reaches them can run code as you. "
+                  "Unset it to keep Ray's token authentication.", file=sys.stderr, flush=True)
     try:
         ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as err:

@@ -78,6 +78,7 @@ class TrainResult:
     samples_seen: int
     tokens_seen: int  # non-padding tokens
     still_improving: str | None = None  # the warning when the metric was still rising at the end
+    resumed_at: list[int] = field(default_factory=list)  # steps at which this run resumed from its checkpoint
 
     @property
     def samples_per_s(self) -> float:
@@ -275,6 +276,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             print("resuming with changed settings: " + "; ".join(inp.resume_changes), file=sys.stderr)
         restore_rng_states(ckpt["rng"])
         st = ckpt["loop"]
+        st["resumed_at"] = [*st.get("resumed_at", []), st["step"]]  # kept in later checkpoints and the report
         best_state = ckpt.get("best_state")
         print(f"resuming from {inp.run_dir}/checkpoint.pt at step {st['step']}/{total_steps}", file=sys.stderr)
 
@@ -443,4 +445,5 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         history=st["history"], evals=st["evals"], best_step=st["best_step"], best_metric=st["best_metric"],
         metric_name=metric_name, stopped_early=st["stopped_early"], train_seconds=st["train_seconds"],
         samples_seen=st["samples_seen"], tokens_seen=st["tokens_seen"], still_improving=improving,
+        resumed_at=st.get("resumed_at", []),
     )

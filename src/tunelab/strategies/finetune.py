@@ -116,6 +116,8 @@ class FineTune(Strategy):
                   "stopped_early": result.stopped_early, "still_improving": result.still_improving is not None,
                   "train_samples_per_s": round(result.samples_per_s, 2),
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
+        if result.resumed_at:
+            report["resumed_at_steps"] = result.resumed_at
         if adversary is not None:
             report["adversarial"] = adversary.summary(result.train_seconds)
         if augmented:
