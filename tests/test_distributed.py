@@ -171,3 +171,18 @@ def test_other_ranks_mark_their_lines() -> None:
     stream.write("error: x\nsecond ")
     stream.write("part\n")
     assert sink.text == "[rank 1] error: x\n[rank 1] second part\n"
+
+
+@pytest.mark.parametrize("variable, engine", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_launch_asking_accelerate_to_shard_the_model_is_refused_by_name(variable: str, engine: str, tmp_path: Path,
+                                                                          tiny_bert: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunelab
+    from tunelab.errors import ConfigError
+
+    monkeypatch.setenv(variable, "true")  # what `accelerate launch --use_fsdp` / `--use_deepspeed` exports
+    with pytest.raises(ConfigError, match=rf"{engine} was asked for \({variable}=true.*--nproc N"):
+        tunelab.fit(tiny_config(tiny_bert, tmp_path / "run"), train=sentiment_rows(16))
+    assert not (tmp_path / "run" / "artifact").exists()
+    monkeypatch.setenv(variable, "false")  # accelerate's own "off" value trains as usual
+    assert tunelab.fit(tiny_config(tiny_bert, tmp_path / "ok", epochs=1), train=sentiment_rows(16)).artifact_dir.exists()

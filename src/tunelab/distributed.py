@@ -69,6 +69,33 @@ def join_restarted_group() -> None:
                             store=dist.PrefixStore(f"tunelab/attempt-{attempt}", store), rank=rank, world_size=size)
 
 
+#: accelerate's sharding engines, switched on by ``accelerate launch --use_fsdp / --use_deepspeed`` or its config file
+SHARDED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                   "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def refuse_sharded_launch() -> None:
+    """Refuse a launch that asks accelerate to shard the model (FSDP, DeepSpeed ZeRO, Megatron-LM).
+
+    tunelab's loop is data parallel: every rank holds the whole model, rank 0 alone evaluates and writes the full
+    weights. A sharded model would hang there (its forward pass needs every rank), and on CPUs accelerate drops
+    FSDP without a word and runs data parallel, so the user would not get what they asked for either way.
+
+    Raises:
+        ConfigError: naming the engine and the variable that asked for it.
+    """
+    from .errors import ConfigError
+
+    for variable, engine in SHARDED_ENGINES.items():
+        if os.environ.get(variable, "false").strip().lower() in ("true", "1", "yes"):
+            raise ConfigError(
+                f"{engine} was asked for ({variable}={os.environ[variable]}, set by `accelerate launch` from its flags "
+                f"or config file), and tunelab trains data parallel only: each process holds the whole model and rank "
+                f"0 evaluates and writes it. Launch without {engine} (tunelab train CONFIG --nproc N, or an accelerate "
+                f"config with distributed_type MULTI_GPU); for a model too large to train whole, method: lora keeps "
+                f"the base weights frozen (no gradients or optimizer state for them)")
+
+
 def shard(indices: list[int], rank: int, size: int) -> list[int]:
     """Rank ``rank``'s share of one batch: every ``size``-th example from ``rank``."""
     return indices[rank::size] if size > 1 else indices

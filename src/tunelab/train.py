@@ -36,7 +36,7 @@ from .checkpoint import (
     unchangeable,
 )
 from .config import TrainConfig, flat_fields
-from .distributed import broadcast, join_restarted_group, restarted, shard
+from .distributed import broadcast, join_restarted_group, refuse_sharded_launch, restarted, shard
 from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
 from .metrics import scalar_metrics
@@ -173,6 +173,7 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
         log_with = cfg.track
     from accelerate import DistributedDataParallelKwargs
 
+    refuse_sharded_launch()
     join_restarted_group()
     # find_unused_parameters: heads leave parts of the base model unused (a BERT pooler under a token head)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
