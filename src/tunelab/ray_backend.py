@@ -265,11 +265,11 @@ def predict_on_ray(artifact: str | Path, input: str | Path, handle: Any, *, acto
         handle: where the JSON lines go (an open text file), written in input order as they arrive.
         actors: ``Predictor`` actors working in parallel.
         cpus_per_actor: CPUs Ray reserves for each (also its torch threads).
-        batch_size: records per ``map_batches`` call (and per forward pass).
+        batch_size: records per forward pass.
         on_error: ``record`` (an error line in place of a bad input) or ``raise``.
         id_column: the column copied into each line as its id.
         format, encoding: as for ``tunelab.data.read_records``.
-        chunk: records per read chunk.
+        chunk: records per read chunk and per ``map_batches`` call (sorted by length inside it).
         address: the Ray cluster (see ``ray_session``).
 
     Returns:
@@ -296,7 +296,9 @@ def predict_on_ray(artifact: str | Path, input: str | Path, handle: Any, *, acto
             _PredictLines, fn_constructor_kwargs={"artifact": artifact_dir, "batch_size": batch_size,
                                                   "on_error": on_error, "id_column": id_column,
                                                   "threads": cpus_per_actor},
-            batch_size=batch_size, concurrency=actors, num_cpus=cpus_per_actor)
+            # a whole read chunk per call: the Predictor length-sorts it into forward passes of batch_size, as the
+            # local path does (64-record calls padded every pass to its longest of 64)
+            batch_size=chunk, concurrency=actors, num_cpus=cpus_per_actor)
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="default"):
                 for line, bad in zip(batch["line"], batch["failed"]):
