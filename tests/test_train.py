@@ -203,6 +203,48 @@ def test_word_embeddings_stay_trainable_for_added_tokens_and_tied_outputs() -> N
     assert llama.get_input_embeddings().weight.requires_grad  # it is also the output layer
 
 
+def test_freeze_layers_stops_the_backward_pass_above_the_bottom_layers(tiny_bert: Path, tmp_path: Path) -> None:
+    """method.freeze_layers: N freezes the embeddings and layers 0..N-1 (the saved weights equal the base model's)
+    while the layers above and the head train; impossible requests are config errors naming the field."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models import resolve_model
+
+    base = {}
+    for shard in Path(resolve_model(str(tiny_bert)).path).glob("*.safetensors"):
+        base.update(load_file(str(shard)))
+    cfg = tiny_config(tiny_bert, tmp_path / "frozen", epochs=1)
+    cfg["method"] = {"name": "full", "freeze_layers": 1}
+    run = tunelab.fit(cfg, train=sentiment_rows(40))
+    saved = load_file(str(Path(run.artifact_dir) / "model" / "model.safetensors"))
+    tail = lambda name: name.split("bert.", 1)[-1]  # noqa: E731  (base checkpoint vs task model names)
+    base = {tail(k): v for k, v in base.items()}
+    for name, value in saved.items():
+        if "embeddings." in name or ".layer.0." in name:
+            assert torch.equal(value, base[tail(name)]), name
+    assert any(not torch.equal(v, base[tail(k)]) for k, v in saved.items() if ".layer.1." in k)
+
+    options = lambda n: build_config({"method": {"name": "full", "freeze_layers": n}}).method  # noqa: E731
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3,
+                                                    num_attention_heads=2, intermediate_size=32))
+    METHODS.get("full").adapt(bert, options(2), Target("SEQ_CLS", ["classifier"], [], 10))
+    trainable = {n.split(".")[0] if "layer." not in n else n.split(".")[3] for n, p in bert.named_parameters()
+                 if p.requires_grad}
+    assert trainable == {"2", "bert", "classifier"}  # layer 2, the pooler and the head
+    with pytest.raises(tunelab.ConfigError, match="method.freeze_layers: 3 would freeze all 3 layers"):
+        METHODS.get("full").adapt(bert, options(3), Target("SEQ_CLS", ["classifier"], [], 10))
+    with pytest.raises(tunelab.ConfigError, match="method.freeze_layers freezes the embeddings"):
+        METHODS.get("full").adapt(bert, options(1), Target("SEQ_CLS", ["classifier"], [48], 10))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=32))
+    METHODS.get("full").adapt(llama, options(1), Target("CAUSAL_LM", [], [], 10))
+    assert not llama.model.embed_tokens.weight.requires_grad and not llama.model.layers[0].mlp.up_proj.weight.requires_grad
+    assert llama.model.layers[1].mlp.up_proj.weight.requires_grad and llama.model.norm.weight.requires_grad
+    with pytest.raises(tunelab.ConfigError, match="greater than or equal to 0|freeze_layers"):
+        build_config({"method": {"name": "full", "freeze_layers": -1}})
+
+
 def test_epochs_follow_the_data_size_when_unset() -> None:
     from tunelab.train import planned_epochs, total_optimizer_steps
 
