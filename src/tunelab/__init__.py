@@ -38,6 +38,7 @@ from .methods import Adaptation, register_method  # noqa: E402
 from .predictor import Predictor  # noqa: E402
 from .search import SearchResult, search  # noqa: E402
 from .serve import serve  # noqa: E402
+from .speech import register_recognizer  # noqa: E402
 from .strategies import register_strategy  # noqa: E402
 from .tasks import Task, register_task  # noqa: E402
 
@@ -62,6 +63,7 @@ __all__ = [
     "analyze",
     "attack",
     "register_augmenter",
+    "register_recognizer",
     "SequencePredictor",
     "fit_sequence",
     "compress",

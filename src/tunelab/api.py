@@ -37,6 +37,7 @@ from .plots import training_curves
 from .predictor import Predictor
 from .registry import STRATEGIES
 from .rundir import claim_run_dir
+from .speech import Transcriber, transcriber_for
 from .strategies import FitJob, Fitted, choose_strategy
 from .train import TrainResult
 from .version import __version__
@@ -76,12 +77,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _records_for(split: str, given: Any, cfg: Config) -> Records | None:
+def _records_for(split: str, given: Any, cfg: Config, transcribe: Transcriber | None = None) -> Records | None:
     source = given if given is not None else getattr(cfg.data, split)
     if source is None:
         return None
-    return read_records(source, name=split if given is not None and not isinstance(given, (str, Path)) else None,
-                        format=cfg.data.format, encoding=cfg.data.encoding)
+    records = read_records(source, name=split if given is not None and not isinstance(given, (str, Path)) else None,
+                           format=cfg.data.format, encoding=cfg.data.encoding)
+    return transcribe(records) if transcribe is not None else records
 
 
 def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: Any = None, validation: Any = None,
@@ -116,8 +118,9 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
     resolved = resolve_model(cfg.model, allow_network=cfg.allow_network)
     check_max_length(cfg, resolved.path)
     main = is_main()
+    transcribe = transcriber_for(cfg.data)  # speech: data.audio_column -> data.text_column, before any task sees it
     with claim_run_dir(run_dir) if main else contextlib.nullcontext():
-        train_records = _records_for("train", train, cfg)
+        train_records = _records_for("train", train, cfg, transcribe)
         strategy, reason = choose_strategy(cfg, train_records, resolved.path)
         if cfg.strategy == "auto":
             print(f"strategy auto -> {strategy}: {reason}", file=sys.stderr)
@@ -127,8 +130,9 @@ def fit(config: Config | dict[str, Any] | str | Path | None = None, *, train: An
         if cfg.train.adversarial is not None and strategy != "finetune":
             raise ConfigError(f"train.adversarial: adversarial training runs in the finetune strategy's loop, not "
                               f"{strategy!r}; set strategy: finetune")
-        job = FitJob(cfg, strategy, resolved, train_records, _records_for("validation", validation, cfg),
-                     _records_for("test", test, cfg), run_dir, list(hooks or []))
+        job = FitJob(cfg, strategy, resolved, train_records, _records_for("validation", validation, cfg, transcribe),
+                     _records_for("test", test, cfg, transcribe), run_dir, list(hooks or []),
+                     transcribe.describe() if transcribe is not None else None)
         fitted = STRATEGIES.get(strategy).fit(job)
         if not main:
             barrier()  # until rank 0 has written the artifact
@@ -173,6 +177,8 @@ def save(job: FitJob, fitted: Fitted) -> Run:
     """Write ``fitted`` as ``job.run_dir/artifact`` (atomically) and return the Run."""
     cfg, run_dir = job.cfg, job.run_dir
     manifest = build_manifest(cfg, job.model, job.strategy, fitted)
+    if job.speech:
+        manifest["speech"] = job.speech
 
     def write_parts(staging: Path) -> None:
         fitted.write_parts(staging)

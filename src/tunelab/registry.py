@@ -64,6 +64,7 @@ TASKS: Registry[Any] = Registry("task")
 METHODS: Registry[Any] = Registry("method")
 STRATEGIES: Registry[Any] = Registry("strategy")
 AUGMENTERS: Registry[Any] = Registry("augmentation")  # filled by tunelab.augment
+RECOGNIZERS: Registry[Any] = Registry("recognizer")  # speech engines, filled by tunelab.speech
 
 
 def load_plugins() -> list[str]:

@@ -36,6 +36,7 @@ class FitJob:
             splits it off or skips validation).
         run_dir: the locked output directory.
         hooks: training hooks from the caller (``fit(hooks=...)``), run by every loop that trains.
+        speech: the speech recogniser that transcribed ``data.audio_column`` (its manifest entry), if any.
     """
 
     cfg: Config
@@ -46,6 +47,7 @@ class FitJob:
     test: Records | None
     run_dir: Path
     hooks: list[TrainHook] = field(default_factory=list)
+    speech: dict[str, Any] | None = None
 
 
 @dataclass
