@@ -572,4 +572,5 @@ def test_entity_counts_count_entities_and_label_counts_exclude_validation(tiny_b
 
 def test_info_on_a_full_artifact_lists_no_lora_settings(artifact: Path, capsys) -> None:
     code, out, _ = cli(["info", str(artifact)], capsys)
-    assert code == 0 and json.loads(out)["method"] == {"name": "full", "train_word_embeddings": True}
+    assert code == 0 and json.loads(out)["method"] == {"name": "full", "train_word_embeddings": True,
+                                                          "freeze_layers": 0}
