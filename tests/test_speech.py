@@ -128,6 +128,9 @@ def test_a_text_task_learns_from_speech_and_predicts_from_audio_or_text(spoken_s
     assert "inputs row 2, column 'audio': the recogniser" in mixed[2]["error"] and "heard no speech" in mixed[2]["error"]
     assert predictor.evaluate(data.with_name("spoken_dev.jsonl"))["accuracy"] == pytest.approx(run.metrics["accuracy"])
 
+    tone(audio / "0.wav", 1, rate=22050)  # the same path, recorded again: heard again, not served from the cache
+    assert predictor.predict([{"audio": str(audio / "0.wav")}])[0] == typed[1]
+
     shutil.rmtree(recogniser)  # the artifact names its recogniser; without it, spoken inputs say what is missing
     with pytest.raises(tunelab.ModelNotFoundError, match="tone-recogniser"):
         tunelab.Predictor.load(run.artifact_dir).predict([{"audio": str(audio / "0.wav")}])

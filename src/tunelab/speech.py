@@ -42,6 +42,7 @@ from .models import _package_folder
 from .registry import RECOGNIZERS
 
 SAMPLE_RATE = 16_000
+CACHE_SIZE = 10_000  # transcripts a Transcriber keeps, by file path, size and modification time
 
 PACKAGED_RECOGNIZERS = {
     "whisper-tiny.en": {
@@ -289,7 +290,8 @@ class Transcriber:
 
     Rows with audio get its transcript; rows without audio but with text keep their text (typed and spoken inputs
     can mix at prediction time); a row with both is an error, so no text is silently replaced. Transcripts are
-    cached by file path for the life of the object.
+    cached by file path, size and modification time (the
+    latest 10,000).
 
     Args:
         audio_column: the column holding each record's audio.
@@ -311,7 +313,7 @@ class Transcriber:
         self.skip_silent = skip_silent
         self.resolved = resolved or resolve_recognizer(cfg.model)
         self._recognizer: Recognizer | None = None
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple[str, int, int], str] = {}
 
     @property
     def recognizer(self) -> Recognizer:
@@ -363,11 +365,19 @@ class Transcriber:
         return Records(rows, records.source, lines, columns, index)
 
     def _transcript(self, audio: Any, base: Path, where: str) -> str:
-        key = str(base / audio) if isinstance(audio, str) else None
+        key = None
+        if isinstance(audio, str) and "://" not in audio:
+            path = Path(audio).expanduser()
+            path = path if path.is_absolute() else base / path
+            if path.is_file():  # a file rewritten in place (new size or time) is transcribed again
+                stat = path.stat()
+                key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key is not None and key in self._cache:
             return self._cache[key]
         text = self.recognizer.transcribe(read_audio(audio, base, where)).strip()
         if key is not None:
+            if len(self._cache) >= CACHE_SIZE:  # a long-lived Predictor must not grow without bound
+                self._cache.pop(next(iter(self._cache)))
             self._cache[key] = text
         return text
 
