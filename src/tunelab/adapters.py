@@ -91,7 +91,7 @@ class BasePool:
         Raises:
             ArtifactError: the adapter's files cannot be read.
         """
-        task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])
+        task = TASKS.get(manifest["task"]["name"]).from_state(manifest["task"]["state"])
         processor = task.load_processor(artifact_dir / "tokenizer")
         model_dir = artifact_dir / "model"
         try:

@@ -136,7 +136,8 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     learning_rate: float | None = Field(None, gt=0, description="default depends on method.name")
-    head_learning_rate: float | None = Field(None, gt=0, description="task head; defaults to learning_rate")
+    head_learning_rate: float | None = Field(None, gt=0, description="task head; defaults to learning_rate "
+                                             "(text+image fusion: 1e-3)")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -273,12 +274,13 @@ class Config(_Strict):
     def _consistent(self) -> Config:
         from .prompts import check_template
 
-        task = TASKS.get(self.task.name)
+        task = TASKS.get(self.task.name).variant(self.data)
         if self.prompt.template is not None:
             check_template(self.prompt.template, task.prompt_slots, "prompt.template")
         if self.strategy != "auto" and self.strategy not in task.strategies:
-            raise ValueError(f"strategy {self.strategy!r} is not available for task {self.task.name}; it takes "
-                             + ", ".join(task.strategies))
+            raise ValueError(f"strategy {self.strategy!r} is not available for task {self.task.name}"
+                             + (" with data.image_column" if task is not TASKS.get(self.task.name) else "")
+                             + "; it takes " + ", ".join(task.strategies))
         return self
 
     @property

