@@ -198,3 +198,37 @@ def browser():
         browser = p.chromium.launch(executable_path=executable, headless=True)
         yield browser
         browser.close()
+
+
+RED = (220, 30, 30)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer, 32-wide ViT on 32x32 images with random weights and its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    path = tmp_path_factory.mktemp("tiny_vit")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def coloured_records(root: Path, n: int = 64) -> Path:
+    """``n`` text+image records in ``root/train.jsonl`` whose label only the image's colour tells (red: pos,
+    blue: neg); the text is noise. Images are PNGs in ``root/img``, named relative to the data file."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        colour = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in (RED if label == "pos" else (30, 30, 220)))
+        Image.new("RGB", (40, 40), colour).save(root / "img" / f"{i}.png")
+        rows.append({"text": f"item number {rng.randint(0, 99)}", "image": f"img/{i}.png", "label": label})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "train.jsonl"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -19,38 +18,14 @@ import tunelab
 from tunelab.errors import ConfigError, DataError
 from tunelab.images import read_image
 
-from conftest import tiny_config
+from conftest import RED, coloured_records, tiny_config
 
-RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-@pytest.fixture(scope="session")
-def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer, 32-wide ViT on 32x32 images with random weights and its image processor."""
-    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
-
-    path = tmp_path_factory.mktemp("tiny_vit")
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64)).save_pretrained(path)
-    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+BLUE = (30, 30, 220)
 
 
 @pytest.fixture(scope="session")
 def coloured(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """64 records whose label is told by the image's colour only (red: pos, blue: neg); the text is noise."""
-    root = tmp_path_factory.mktemp("coloured")
-    (root / "img").mkdir()
-    rng = random.Random(0)
-    rows = []
-    for i in range(64):
-        label = "pos" if i % 2 == 0 else "neg"
-        colour = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in (RED if label == "pos" else BLUE))
-        Image.new("RGB", (40, 40), colour).save(root / "img" / f"{i}.png")
-        rows.append({"text": f"item number {rng.randint(0, 99)}", "image": f"img/{i}.png", "label": label})
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "train.jsonl"
+    return coloured_records(tmp_path_factory.mktemp("coloured"))
 
 
 def image_config(bert: Path, vit: Path, out: Path, fusion: str = "concat", **extra: object) -> dict:
@@ -141,6 +116,23 @@ def test_artifact_and_predictor_take_images_as_paths_bytes_or_data_uris(coloured
     with pytest.raises(ConfigError, match="not exported"):
         tunelab.export(run.artifact_dir, tmp_path / "onnx")
 
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve import KeyStore, ServeSettings
+    from tunelab.serve.app import create_app
+
+    with TestClient(create_app(ServeSettings(), {"shop": loaded}, KeyStore([])), raise_server_exceptions=False) as api:
+        reply = api.post("/v1/models/shop/predict", json={"inputs": [inputs[2]]})
+        assert reply.status_code == 200
+        assert reply.json()["predictions"][0]["scores"] == pytest.approx(again[2]["scores"])
+        refused = api.post("/v1/models/shop/predict", json={"inputs": [inputs[0]]})  # a path on the server's disk
+        assert refused.status_code == 422 and "inputs[0].image" in refused.text and "data URI" in refused.text
+        broken = api.post("/v1/models/shop/predict", json={"inputs": [{"text": "x", "image": "data:image/png;base64,AAAA"}]})
+        assert broken.status_code == 422 and "not an image" in broken.text
+        card = api.get("/v1/models").json()["models"][0]
+        assert card["media"] == {"image": "image"}
+
 
 def _lora_names(model: torch.nn.Module) -> set[str]:
     return {name.split(".")[2] for name, _ in model.named_parameters() if "lora_A" in name}
@@ -219,3 +211,29 @@ def test_packaged_efficientnet_lite0_converts_once_with_open_gates(tmp_path: Pat
     processor = AutoImageProcessor.from_pretrained(folder)
     pixels = processor(Image.new("RGB", (300, 200), RED), return_tensors="pt")["pixel_values"]
     assert tuple(pixels.shape) == (1, 3, 224, 224) and float(pixels.max()) <= 1.0 and float(pixels.min()) >= -1.0
+
+
+def test_explanations_attribute_the_words_and_the_image_regions(coloured: Path, tiny_bert: Path, tiny_vit: Path,
+                                                                tmp_path: Path) -> None:
+    run = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "run", "concat"), train=str(coloured))
+    picture = Image.new("RGB", (40, 40), RED)
+    picture.paste(Image.new("RGB", (20, 20), BLUE), (0, 0))  # a blue corner on red
+    path = tmp_path / "corner.png"
+    picture.save(path)
+    record = {"text": "item number 7", "image": str(path)}
+    predictor = run.predictor()
+    explained = predictor.explain([record], method="occlusion", target="pos")[0]
+    assert [w["word"] for w in explained["words"]] == ["item", "number", "7"]
+    grid = explained["images"]["image"]
+    assert (grid["rows"], grid["cols"], grid["width"], grid["height"]) == (7, 7, 40, 40)
+    cells = np.asarray(grid["attributions"])
+    assert np.isfinite(cells).all() and np.abs(cells).max() > 0
+    # covering blue (towards neg) with the mean colour raises pos; covering red lowers it
+    assert cells[:3, :3].mean() < cells[4:, 4:].mean()
+    assert predictor.explain([record], method="ig")[0]["words"][0]["attribution"] is not None  # pixels ride along
+    with pytest.raises(ConfigError, match="attention rollout"):
+        predictor.explain([record], method="attention")
+
+    alone = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "image", "image_only"), train=str(coloured))
+    only = alone.predictor().explain([{"image": str(path)}], method="occlusion")[0]
+    assert only["words"] == [] and np.asarray(only["images"]["image"]["attributions"]).shape == (7, 7)

@@ -17,14 +17,17 @@ import pytest
 import tunelab
 from tunelab.serve import new_key
 
-from conftest import live_server, sentiment_rows, tiny_config, toy_qa, toy_relations, toy_sentences
+from conftest import coloured_records, live_server, sentiment_rows, tiny_config, toy_qa, toy_relations, toy_sentences
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(tiny_bert: Path, tiny_llama: Path, tiny_vit: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("page")
+    shop_config = {**tiny_config(tiny_bert, root / "shop", epochs=3), "data": {"max_length": 16, "image_column": "image"},
+                   "task": {"name": "classification", "fusion": "concat", "image_model": str(tiny_vit)}}
+    shop = tunelab.fit(shop_config, train=str(coloured_records(root / "coloured"))).artifact_dir
     sentiment = tunelab.fit(tiny_config(tiny_bert, root / "sentiment", epochs=6, learning_rate=3e-3),
                            train=sentiment_rows(96)).artifact_dir
     ner_config = {**tiny_config(tiny_bert, root / "ner", epochs=8, learning_rate=3e-3), "task": "ner"}
@@ -38,7 +41,7 @@ def server(tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathF
     relation = tunelab.fit(relation_config, train=toy_relations(40)).artifact_dir
     token, line = new_key(["*"])
     (root / "keys.txt").write_text(line + "\n")
-    with live_server([f"sentiment={sentiment}", f"people={ner}", f"writer={writer}", f"qa={qa}", f"rel={relation}",
+    with live_server([f"sentiment={sentiment}", f"people={ner}", f"writer={writer}", f"qa={qa}", f"rel={relation}", f"shop={shop}",
                       "--keys-file", str(root / "keys.txt")]) as (url, _):
         yield url, token
 
@@ -90,7 +93,7 @@ def test_a_wrong_key_is_rejected_and_the_right_one_lists_the_models(page, server
     page.wait_for_function("document.querySelector('#status').textContent.includes('rejected')")
     assert page.get_attribute("#key", "aria-invalid") == "true" and page.is_disabled("#run")
     enter_key(page, token)
-    page.wait_for_function("document.querySelectorAll('#model option').length === 5")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 6")
     assert page.input_value("#key") == ""  # the field is cleared: the key lives in the tab's memory only
     assert page.evaluate("localStorage.length + sessionStorage.length") == 0 and page.evaluate("document.cookie") == ""
     # every control has a label, and the page's own headers forbid other origins' scripts and framing
@@ -140,6 +143,35 @@ def test_classification_shows_label_bars_and_the_model_card_under_the_page_polic
     shot = Path(os.environ.get("TUNELAB_SCREENSHOT") or tmp_path / "page.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_an_image_is_uploaded_from_the_page_and_sent_as_a_data_uri(page, server, tmp_path: Path) -> None:
+    from PIL import Image
+
+    enter_key(page, server[1])
+    page.wait_for_selector("#model option", state="attached")
+    page.select_option("#model", "shop")
+    page.wait_for_selector("#card-body dl")
+    assert page.get_attribute("#in-image", "type") == "file" and page.get_attribute("#in-image", "accept") == "image/*"
+    page.fill("#in-text", "item number 12")
+    page.click("#run")
+    page.wait_for_selector("#status.error")
+    assert "Choose a file for image" in page.inner_text("#status")
+    for colour, label in (((220, 30, 30), "pos"), ((30, 30, 220), "neg")):
+        photo = tmp_path / f"{label}.png"
+        Image.new("RGB", (40, 40), colour).save(photo)
+        page.set_input_files("#in-image", str(photo))
+        page.wait_for_selector("#fields img.preview:not([hidden])")
+        page.click("#run")
+        page.wait_for_selector(f".bars li.chosen .name:text-is('{label}')")
+    page.select_option("#method", "occlusion")  # the title's words explained, the image sent along
+    page.click("#explain")
+    page.wait_for_selector(".explanation .heat")
+    assert page.eval_on_selector_all(".explanation .heat", "spans => spans.map(s => s.textContent)") == [
+        "item", "number", "12"]
+    page.wait_for_selector(".region-map .cells .cell")  # and the image's regions over the picture
+    assert page.eval_on_selector_all(".region-map .cell", "cells => cells.length") == 49
+    assert page.eval_on_selector(".region-map img", "img => img.complete && img.naturalWidth") == 40
 
 
 def test_entities_are_highlighted_in_the_text_and_text_stays_text(page, server) -> None:

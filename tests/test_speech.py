@@ -3,6 +3,7 @@ records the recogniser and the Predictor transcribes spoken inputs the same way;
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -130,6 +131,20 @@ def test_a_text_task_learns_from_speech_and_predicts_from_audio_or_text(spoken_s
 
     tone(audio / "0.wav", 1, rate=22050)  # the same path, recorded again: heard again, not served from the cache
     assert predictor.predict([{"audio": str(audio / "0.wav")}])[0] == typed[1]
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve import KeyStore, ServeSettings
+    from tunelab.serve.app import create_app
+
+    uri = "data:audio/wav;base64," + base64.b64encode((audio / "0.wav").read_bytes()).decode()
+    with TestClient(create_app(ServeSettings(), {"spoken": predictor}, KeyStore([])), raise_server_exceptions=False) as api:
+        reply = api.post("/v1/models/spoken/predict", json={"inputs": [{"audio": uri}]})
+        assert reply.status_code == 200 and reply.json()["predictions"][0]["label"] == typed[1]["label"]
+        refused = api.post("/v1/models/spoken/predict", json={"inputs": [{"audio": str(audio / "0.wav")}]})
+        assert refused.status_code == 422 and "data URI" in refused.text  # no paths on the server's own disk
+        assert api.get("/v1/models").json()["models"][0]["media"] == {"audio": "audio"}
 
     shutil.rmtree(recogniser)  # the artifact names its recogniser; without it, spoken inputs say what is missing
     with pytest.raises(tunelab.ModelNotFoundError, match="tone-recogniser"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -150,13 +151,58 @@ def explain_record(model: Model, record: dict[str, Any], method: str = "ig", tar
     ``convergence_delta``; words the model did not see, past its ``max_length``, get ``attribution: None`` and a
     ``note``)."""
     explainer = EXPLAINERS.get(method)
+    images = [c for c, kind in model.task.media_columns().items() if kind == "image"]
+    if not model.task.explains_words():  # e.g. an image-only model: its image's regions are all there is
+        subject = image_subject(model, record, target)
+        return {"method": "occlusion", "target": subject.target, "score": round(subject.score, 6), "words": [],
+                "targets": model.task.explain_targets(subject.prediction),
+                "images": {c: image_occlusion(model, subject, c, int(options.get("grid", 7))) for c in images}}
     subject = subject_for(model, record, target)
     result = explainer(model, subject, options)
     values = result.pop("attributions")
     words = [{"word": w, "start": a, "end": b, "attribution": None if v is None else round(float(v), 6)}
              for w, (a, b), v in zip(subject.words, subject.offsets, values)]
+    if images and model.task.explains_by_prediction:  # the image's regions, alongside the words
+        result["images"] = {c: image_occlusion(model, subject, c, int(options.get("grid", 7))) for c in images}
     return {"method": method, "target": subject.target, "score": round(subject.score, 6), "column": subject.column,
             "text": subject.text, "words": words, "targets": model.task.explain_targets(subject.prediction), **result}
+
+
+def image_subject(model: Model, record: dict[str, Any], target: str | None) -> Subject:
+    """A Subject without words, for a model that reads no text: the prediction, the target and its score."""
+    (prediction,) = model.predict([record])
+    if "error" in prediction:
+        raise DataError(f"cannot predict for this input: {prediction['error']}")
+    target = model.task.explain_resolve_target(prediction, target)
+    return Subject(record, prediction, "", "", [], [], [], target, float(model.task.explain_score(prediction, target)))
+
+
+def image_occlusion(model: Model, subject: Subject, column: str, grid: int = 7) -> dict[str, Any]:
+    """Occlusion over an image: each cell of a ``grid`` x ``grid`` division painted with the image's mean colour in
+    turn; a cell's attribution is how much the target's probability drops (positive: the region led to it).
+
+    Returns ``{"rows", "cols", "width", "height", "attributions": [[one value per cell] per row]}``."""
+    from PIL import ImageDraw
+
+    from .images import read_image
+
+    if grid < 1 or grid > 32:
+        raise ConfigError(f"grid: {grid} cells a side; use 1 to 32")
+    image = read_image(subject.record.get(column), Path.cwd(), f"input, column {column!r}")
+    width, height = image.size
+    mean = tuple(int(v) for v in np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(0).round())
+    xs = [round(i * width / grid) for i in range(grid + 1)]
+    ys = [round(j * height / grid) for j in range(grid + 1)]
+    records = []
+    for j in range(grid):
+        for i in range(grid):
+            covered = image.copy()
+            ImageDraw.Draw(covered).rectangle([xs[i], ys[j], max(xs[i], xs[i + 1] - 1), max(ys[j], ys[j + 1] - 1)],
+                                              fill=mean)
+            records.append({**subject.record, column: covered})
+    drops = subject.score - model.scores(subject, records)
+    return {"rows": grid, "cols": grid, "width": width, "height": height,
+            "attributions": [[round(float(v), 6) for v in drops[j * grid:(j + 1) * grid]] for j in range(grid)]}
 
 
 # ---- perturbation methods: through predict (any runtime), or on the model for tasks scored there ----------
@@ -221,9 +267,12 @@ def model_inputs(model: Model, subject: Subject, method: str) -> Any:
 def _gradient_inputs(model: Model, subject: Subject, method: str) -> tuple[Any, Callable[..., torch.Tensor], Any]:
     inputs = model_inputs(model, subject, f"method {method!r}")
     embeddings = model.torch_model.get_input_embeddings()
+    fixed = {k: v for k, v in inputs.batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids")}
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         extra = {"token_type_ids": rest[0]} if rest else {}
+        # inputs that are not attributed (an image's pixels) go along unchanged, one copy per row
+        extra.update({k: v.expand(len(input_ids), *v.shape[1:]) for k, v in fixed.items()})
         return inputs.score(model.torch_model(input_ids=input_ids, attention_mask=attention_mask, **extra))
 
     return inputs, forward, embeddings
@@ -284,13 +333,17 @@ def _attention(model: Model, subject: Subject, options: dict[str, Any]) -> dict[
     inputs = model_inputs(model, subject, "method 'attention'")
     batch, spans = inputs.batch, inputs.spans
     net = model.torch_model
+    switch = getattr(net, "set_attn_implementation", None)
+    if switch is None:
+        raise ConfigError(f"attention rollout needs a transformers model that returns its attention weights; "
+                          f"{type(net).__name__} does not: use ig, gradxinput, occlusion or lime")
     before = net.config._attn_implementation
-    net.set_attn_implementation("eager")  # fused attention kernels do not return the weights
+    switch("eager")  # fused attention kernels do not return the weights
     try:
         with torch.no_grad():
             attentions = net(**batch, output_attentions=True).attentions
     finally:
-        net.set_attn_implementation(before)
+        switch(before)
     size = attentions[0].shape[-1]
     rollout = torch.eye(size)
     for layer in attentions:  # heads averaged, the residual path added, rows renormalised, layers chained
@@ -394,4 +447,4 @@ def explanation_html(explanations: list[dict[str, Any]], title: str = "tunelab e
 
 
 __all__ = ["EXPLAINERS", "HEATMAP_CSS", "Model", "Subject", "explain_record", "explanation_html", "faithfulness",
-           "heatmap_html", "register_explainer", "subject_for"]
+           "heatmap_html", "image_occlusion", "register_explainer", "subject_for"]

@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .adapters import ActiveAdapter, BasePool
 from .artifact import find_artifact, read_manifest
@@ -135,8 +135,17 @@ class Predictor:
 
     @property
     def input_schema(self) -> type[BaseModel]:
-        """A pydantic model of one input record."""
-        return self.task.input_schema()
+        """A pydantic model of one input record (a model trained on speech takes its audio column, as a path or
+        data URI, in place of the text it transcribes to)."""
+        schema = self.task.input_schema()
+        if not self._speech:
+            return schema
+        spoken, text = self._speech["audio_column"], self._speech["text_column"]
+        fields: dict[str, Any] = {name: ((Optional[str], None) if name == text else (field.annotation, field))
+                                  for name, field in schema.model_fields.items()}
+        fields[spoken] = (Optional[str], Field(None, description="speech: a data URI (data:audio/wav;base64,...) or "
+                                                            "a local path; transcribed into " + repr(text)))
+        return create_model(schema.__name__ + "Spoken", __config__=ConfigDict(extra="allow"), **fields)
 
     @property
     def output_schema(self) -> type[BaseModel]:

@@ -9,7 +9,7 @@ A recogniser is an engine (registered by name in ``RECOGNIZERS``) plus a model f
 * ``transformers``: any local Hugging Face speech-recognition folder (Whisper, Wav2Vec2, ...), run by the
   transformers ``automatic-speech-recognition`` pipeline.
 
-Audio is read with soundfile (WAV, FLAC, OGG, MP3; a path relative to the data file, raw bytes, or a
+Audio is read with soundfile (WAV, FLAC, OGG, MP3; a path relative to the data file, raw bytes, a data URI, or a
 ``{"bytes": ...}`` / ``{"array": ..., "sampling_rate": ...}`` dict as datasets stores it), mixed down to mono and
 resampled to 16 kHz. Remote URLs are refused: tunelab reads local files only. A record whose audio is missing or
 unreadable is an error naming the record, the column and the path.
@@ -38,6 +38,7 @@ import numpy as np
 from .config import SpeechConfig
 from .data import Records
 from .errors import ConfigError, DataError, ModelNotFoundError
+from .images import decode_data_uri
 from .models import _package_folder
 from .registry import RECOGNIZERS
 
@@ -250,6 +251,9 @@ def read_audio(value: Any, base: Path, where: str) -> np.ndarray:
     if isinstance(value, (bytes, bytearray, memoryview)):
         source: Any = io.BytesIO(bytes(value))
         shown = f"{len(value)} bytes of audio"
+    elif isinstance(value, str) and value.strip().startswith("data:"):
+        data = decode_data_uri(value.strip(), where)
+        source, shown = io.BytesIO(data), f"{len(data)} bytes of audio"
     elif isinstance(value, (str, Path)) and str(value).strip():
         text = str(value).strip()
         if "://" in text:
@@ -366,7 +370,7 @@ class Transcriber:
 
     def _transcript(self, audio: Any, base: Path, where: str) -> str:
         key = None
-        if isinstance(audio, str) and "://" not in audio:
+        if isinstance(audio, str) and "://" not in audio and not audio.lstrip().startswith("data:"):
             path = Path(audio).expanduser()
             path = path if path.is_absolute() else base / path
             if path.is_file():  # a file rewritten in place (new size or time) is transcribed again

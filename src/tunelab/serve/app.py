@@ -119,6 +119,8 @@ class Served:
     def __init__(self, name: str, predictor: Predictor, settings: ServeSettings, metrics: Any):
         self.name, self.predictor, self.model_batch_size = name, predictor, settings.model_batch_size
         task = predictor.task
+        speech = predictor.manifest.get("speech") or {}
+        self.media = {**task.media_columns(), **({speech["audio_column"]: "audio"} if speech.get("audio_column") else {})}
         item = Union[str, predictor.input_schema]  # a text, or a record with the task's columns
         self.Request = create_model(f"{name}_request".replace("-", "_").replace(".", "_"),
                                     inputs=(Union[item, list[item]], Field(..., description="one input or a list")))
@@ -134,6 +136,7 @@ class Served:
                      "base_model": Path(str(manifest.get("base_model", {}).get("name", ""))).name or None,
                      "runtime": (manifest.get("export") or {}).get("runtime", "pytorch"),
                      "streams": bool(task.streams),
+                     "media": self.media,  # fields taking a file's content (image, audio) as a data URI
                      "shares_base": predictor.adapter is not None,
                      "input_schema": predictor.input_schema.model_json_schema(),
                      "output_schema": predictor.output_schema.model_json_schema()}
@@ -566,8 +569,14 @@ def _record(model: Served, value: Union[str, dict[str, Any]], settings: ServeSet
             field: str = "input") -> dict[str, Any]:
     """A request's input as the task's record, within the character limit (413 naming ``field``)."""
     row = model.predictor.task.input_row(value) if isinstance(value, str) else dict(value)
-    if any(isinstance(v, str) and len(v) > settings.max_chars for v in row.values()):
-        raise ServeError(413, f"{field}: longer than {settings.max_chars} characters", field)
+    for column, item in row.items():
+        if column in model.media:  # a file's content: only as a data URI, never a path on the server's disk
+            if item is not None and not (isinstance(item, str) and item.lstrip().startswith("data:")):
+                raise ServeError(422, f"{field}.{column}: send the file's content as a base64 data URI "
+                                      "(data:image/png;base64,... or data:audio/wav;base64,...); the server does not "
+                                      "read files from its own disk", f"{field}.{column}")
+        elif isinstance(item, str) and len(item) > settings.max_chars:
+            raise ServeError(413, f"{field}: longer than {settings.max_chars} characters", field)
     return row
 
 

@@ -160,6 +160,11 @@ class Task:
         """The record fields one input needs (``predict`` also takes plain texts for ``text_column``)."""
         return [self.state.get("text_column", "text")]
 
+    def media_columns(self) -> dict[str, str]:
+        """Input columns holding a file's content rather than text, and its kind (``image``, ``audio``): the server
+        takes them only as data URIs, never as paths on its own disk, and its page shows a file picker."""
+        return {}
+
     def input_schema(self) -> type[BaseModel]:
         """A pydantic model of one input record (what a request for this task looks like)."""
         fields: dict[str, Any] = {column: (str, ...) for column in self.input_columns()}
@@ -323,6 +328,10 @@ class Task:
     # ---- explanations (tunelab.explain) ------------------------------------------------------------
     explains_by_prediction: ClassVar[bool] = False  # explain_score reads predictions: occlusion, lime and
     # faithfulness run through predict (so on any runtime); otherwise every method runs on the PyTorch model
+
+    def explains_words(self) -> bool:
+        """Whether explanations attribute words (a model that reads no text has only its image's regions)."""
+        return True
 
     def explain_column(self, record: dict[str, Any]) -> str:
         """The column whose words an explanation attributes (default: the first input column)."""

@@ -246,6 +246,9 @@ class ImageTextClassificationTask(ClassificationTask):
     def input_columns(self) -> list[str]:
         return [self.state[f"{t}_column"] for t in USES[self.state["fusion"]]]
 
+    def media_columns(self) -> dict[str, str]:
+        return {self.state["image_column"]: "image"} if self.uses("image") else {}
+
     def input_row(self, item: Any) -> dict[str, Any]:
         if self.input_columns() == [self.state["image_column"]] and not isinstance(item, dict):
             return {self.state["image_column"]: item}
@@ -253,6 +256,18 @@ class ImageTextClassificationTask(ClassificationTask):
             raise DataError(f"this model reads a text and an image: give dicts with {self.state['text_column']!r} "
                             f"and {self.state['image_column']!r}")
         return super().input_row(item)
+
+    def explains_words(self) -> bool:
+        return self.uses("text")
+
+    def explain_inputs(self, processor: Any, record: dict[str, Any], target: str, prediction: dict[str, Any]) -> Any:
+        """The text's batch as for text classification, with the record's image as ``pixel_values``."""
+        inputs = super().explain_inputs(processor.tokenizer, record, target, prediction)
+        if self.uses("image"):
+            column = self.state["image_column"]
+            image = read_image(record.get(column), Path.cwd(), f"input, column {column!r}")
+            inputs.batch["pixel_values"] = processor.pixels([image])
+        return inputs
 
     def stratify_keys(self, records: Records) -> list[str] | None:
         return [str(r.get(self.state["label_column"])).strip() for r in records.rows]

@@ -88,14 +88,35 @@ function textFields(model) {
   return names.length ? names : ["input"];  // e.g. a dialogue: a plain text is the user's turn
 }
 
+function mediaKind(model, field) {
+  // "image" or "audio" when the field holds a file's content (sent as a data URI), else undefined
+  return (model.media || {})[field];
+}
+
+function fileField(field, kind) {
+  // a file picker for an image or audio field, with a preview of the chosen file
+  const input = el("input", { id: "in-" + field, name: field, type: "file", accept: kind + "/*" });
+  const preview = el(kind === "image" ? "img" : "audio", { class: "preview", alt: "", hidden: "" });
+  if (kind === "audio") preview.setAttribute("controls", "");
+  input.addEventListener("change", () => {
+    const file = input.files[0];
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    preview.hidden = !file;
+    if (file) preview.src = URL.createObjectURL(file);
+  });
+  return el("div", { class: "field" }, el("label", { for: "in-" + field, text: field.replace(/_/g, " ") + " (" + kind + " file)" }),
+    input, preview);
+}
+
 async function chooseModel(name) {
   const model = state.models.find((m) => m.name === name);
   state.model = model;
   $("model").value = name;
   const fields = textFields(model);
-  $("fields").replaceChildren(...fields.map((field, i) => el("div", { class: "field" },
-    el("label", { for: "in-" + field, text: field.replace(/_/g, " ") }),
-    el("textarea", { id: "in-" + field, name: field, rows: i === fields.length - 1 ? "5" : "2", spellcheck: "false" }))));
+  $("fields").replaceChildren(...fields.map((field, i) => mediaKind(model, field) ? fileField(field, mediaKind(model, field)) :
+    el("div", { class: "field" },
+      el("label", { for: "in-" + field, text: field.replace(/_/g, " ") }),
+      el("textarea", { id: "in-" + field, name: field, rows: i === fields.length - 1 ? "5" : "2", spellcheck: "false" }))));
   $("relation-tools").hidden = view(model) !== "relation";
   if (view(model) === "relation") $("in-" + fields[0]).placeholder = "The <e1>company</e1> fabricates plastic <e2>chairs</e2>.";
   $("run").textContent = model.streams ? "Generate" : "Predict";
@@ -137,13 +158,28 @@ async function showCard(model) {
 }
 
 // ---- inputs and predictions ---------------------------------------------------------------------
-function readInput(model) {
+function dataUri(file) {
+  // the file's content as a base64 data URI: the server reads images and audio only this way, never by path
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error("could not read " + file.name));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function readInput(model) {
   const fields = textFields(model);
   const values = {};
-  for (const field of fields) values[field] = $("in-" + field).value;
+  for (const field of fields) {
+    const box = $("in-" + field);
+    values[field] = mediaKind(model, field) ? (box.files[0] ? await dataUri(box.files[0]) : "") : box.value;
+  }
   const filled = fields.filter((f) => values[f].trim());
-  if (!filled.length) throw new Error("Type or paste some text first.");
-  if (filled.length === 1 && filled[0] === fields[0]) return values[fields[0]];  // a plain text
+  if (!filled.length) throw new Error(fields.some((f) => mediaKind(model, f)) ? "Give the inputs first." : "Type or paste some text first.");
+  const missing = fields.filter((f) => mediaKind(model, f) && !values[f]);
+  if (missing.length) throw new Error("Choose a file for " + missing.join(", ") + ".");
+  if (filled.length === 1 && filled[0] === fields[0] && !mediaKind(model, fields[0])) return values[fields[0]];  // a plain text
   const record = {};
   for (const f of filled) record[f] = values[f];
   return record;
@@ -265,7 +301,7 @@ async function busy(button, message, work) {
   const model = state.model;
   if (!model || state.busy) return;
   let input;
-  try { input = readInput(model); } catch (error) { setStatus(error.message, "error"); return; }
+  try { input = await readInput(model); } catch (error) { setStatus(error.message, "error"); return; }
   state.busy = true;
   button.disabled = true;
   setStatus(message);
@@ -306,11 +342,31 @@ function heatmap(explanation) {
   out.append(text.slice(at));
   const top = [...explanation.words].filter((w) => w.attribution !== null).sort((a, b) => b.attribution - a.attribution).slice(0, 3);
   const delta = explanation.convergence_delta !== undefined ? " · convergence delta " + explanation.convergence_delta : "";
-  return el("div", { class: "explanation" },
+  const words = explanation.words.length ? [
     el("p", { class: "help", text: "Why " + explanation.target + " (" + (explanation.score * 100).toFixed(1) + "%), by " + explanation.method + delta + ": red words raise it, blue words lower it." }),
     out,
-    el("p", { class: "help", text: "Strongest: " + top.map((w) => w.word).join(", ") }),
+    el("p", { class: "help", text: "Strongest: " + top.map((w) => w.word).join(", ") })] : [];
+  return el("div", { class: "explanation" }, ...words,
+    ...Object.entries(explanation.images || {}).map(([column, grid]) => regionMap(column, grid, explanation)),
     explanation.note ? el("p", { class: "error", text: explanation.note }) : null);
+}
+
+function regionMap(column, grid, explanation) {
+  // the uploaded image under a grid of cells shaded by occlusion: red regions raise the target, blue lower it
+  const values = grid.attributions.flat();
+  const scale = Math.max(...values.map(Math.abs), 1e-9);
+  const preview = $("fields").querySelector("#in-" + CSS.escape(column) + " ~ img.preview");
+  const cells = el("div", { class: "cells", role: "img", "aria-label": "regions of " + column + " shaded by how much they led to " + explanation.target });
+  cells.style.gridTemplateColumns = "repeat(" + grid.cols + ", 1fr)";
+  for (const row of grid.attributions) for (const value of row) {
+    const cell = el("span", { class: "cell", title: (value > 0 ? "+" : "") + value.toFixed(4) });
+    const alpha = (0.75 * Math.abs(value) / scale).toFixed(2);
+    cell.style.background = value > 0 ? "rgba(214, 39, 40, " + alpha + ")" : "rgba(31, 119, 180, " + alpha + ")";
+    cells.append(cell);
+  }
+  const picture = el("div", { class: "regions" }, preview ? el("img", { src: preview.src, alt: column }) : null, cells);
+  return el("figure", { class: "region-map" }, picture,
+    el("figcaption", { class: "help", text: column + ": each of " + grid.rows + "×" + grid.cols + " regions covered in turn (occlusion); red regions raise " + explanation.target + ", blue lower it." }));
 }
 
 function explain() {
