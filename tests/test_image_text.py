@@ -237,3 +237,16 @@ def test_explanations_attribute_the_words_and_the_image_regions(coloured: Path, 
     alone = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "image", "image_only"), train=str(coloured))
     only = alone.predictor().explain([{"image": str(path)}], method="occlusion")[0]
     assert only["words"] == [] and np.asarray(only["images"]["image"]["attributions"]).shape == (7, 7)
+
+
+def test_a_frozen_image_tower_alone_is_a_linear_probe_and_lora_needs_something_to_adapt(coloured: Path, tiny_bert: Path,
+                                                                                        tiny_vit: Path,
+                                                                                        tmp_path: Path) -> None:
+    probe = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "probe", "image_only", task={"frozen": ["image"]},
+                                     train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-3, "seed": 3}),
+                        train=str(coloured))
+    trained = {n.split(".")[0] for n, p in probe.predictor().model.named_parameters() if p.requires_grad}
+    assert trained <= {"image_proj", "fusion_head"} and probe.metrics["accuracy"] >= 0.8
+    with pytest.raises(ConfigError, match="no module to adapt"):
+        tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "lora", "image_only", task={"frozen": ["image"]},
+                                 method={"name": "lora"}), train=str(coloured))

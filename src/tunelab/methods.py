@@ -238,6 +238,9 @@ def _peft_adapt(model: torch.nn.Module, name: str, config_cls: str, options: Pef
                              | set(options.peft.get("modules_to_save") or []))
     passthrough = {**extras, **{k: v for k, v in options.peft.items() if k != "modules_to_save"}}
     if kwargs.get("target_modules", "unset") is None and target.modules is not None:
+        if not target.modules:
+            raise ConfigError(f"method: {name} has no module to adapt by default here (every tower frozen?); set "
+                              "method.target_modules (module names, or a regex over them)")
         kwargs["target_modules"] = target.modules
     kwargs = {k: v for k, v in {**kwargs, "modules_to_save": modules_to_save}.items() if v is not None}
     cls = getattr(peft, config_cls)

@@ -300,9 +300,6 @@ class ImageTextClassificationTask(ClassificationTask):
         names = [name for name, module in model.named_modules()
                  if name.split(".")[0] in towers and name.rsplit(".", 1)[-1] in ADAPTED
                  and isinstance(module, (nn.Linear, nn.Conv2d))]
-        if not names:
-            raise ConfigError(f"method: no module to adapt in the {' and '.join(towers) or 'no'} tower(s) by default; "
-                              "set method.target_modules (module names or a regex over them)")
         return names
 
     def frozen_modules(self) -> list[str]:
