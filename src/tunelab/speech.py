@@ -38,7 +38,7 @@ import numpy as np
 from .config import SpeechConfig
 from .data import Records
 from .errors import ConfigError, DataError, ModelNotFoundError
-from .images import decode_data_uri
+from .images import decode_data_uri, local_file
 from .models import _package_folder
 from .registry import RECOGNIZERS
 
@@ -255,14 +255,7 @@ def read_audio(value: Any, base: Path, where: str) -> np.ndarray:
         data = decode_data_uri(value.strip(), where)
         source, shown = io.BytesIO(data), f"{len(data)} bytes of audio"
     elif isinstance(value, (str, Path)) and str(value).strip():
-        text = str(value).strip()
-        if "://" in text:
-            raise DataError(f"{where}: {text!r} is a URL; tunelab reads local audio files only (offline): download it "
-                            "and give the file's path")
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise DataError(f"{where}: audio file {path} does not exist")
+        path = local_file(str(value).strip(), base, where, "audio")
         source, shown = str(path), str(path)
     else:
         raise DataError(f"{where}: no audio (expected a file path or bytes, got {value!r})")
