@@ -54,6 +54,7 @@ def main() -> None:
     for name, extra in commands.items():
         output = args.work / f"{name}.jsonl"
         output.unlink(missing_ok=True)
+        (args.work / f".{name}.jsonl.partial").unlink(missing_ok=True)  # a stopped earlier run's (refused otherwise)
         cmd = [sys.executable, "-m", "tunelab", "predict", str(artifact), "--file", str(source), "--output", str(output),
                "--batch-size", "64", *extra]
         started = time.perf_counter()
