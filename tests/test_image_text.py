@@ -150,6 +150,15 @@ def test_lora_adapts_each_tower_that_trains_and_frozen_towers_keep_their_weights
     text = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "text", method={"name": "lora", "r": 4},
                                     task={"frozen": ["image"]}), train=str(coloured))
     assert _lora_names(text.predictor().model) == {"text"}
+    # served side by side (one base in memory per distinct base): these two differ in their frozen tower
+    from tunelab.adapters import BasePool
+
+    pool = BasePool()
+    shared = [tunelab.Predictor.load(run.artifact_dir, pool=pool) for run in (both, text)]
+    assert len(pool.bases) == 2
+    for run, predictor in zip((both, text), shared):
+        assert predictor.predict(probe)[0]["scores"]["pos"] == pytest.approx(
+            run.predictor().predict(probe)[0]["scores"]["pos"], abs=1e-6)
 
     frozen = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "full", task={"frozen": ["image"]}),
                          train=str(coloured))

@@ -99,7 +99,7 @@ class BasePool:
         except (OSError, ValueError, KeyError) as err:
             raise ArtifactError(f"{model_dir}/adapter_config.json: cannot read the adapter's peft_type ({err})") from None
         base_path = str(resolve_model(manifest["base_model"]["name"], allow_network=allow_network).path)
-        key = (base_path, task.name, peft_type, len(task.labels), len(processor))
+        key = (base_path, task.name, peft_type, len(task.labels), len(processor), task.base_identity())
         with self._lock:
             self._count += 1
             name = f"adapter{self._count}"

@@ -260,6 +260,11 @@ class Task:
         """Modules of ``build_model``'s model (by name) that keep their pretrained weights under every method."""
         return []
 
+    def base_identity(self) -> tuple:
+        """What, beyond the base model's path and the label count, makes ``build_model``'s model differ between two
+        artifacts of this task (adapters share one base in memory only when it is equal); default nothing."""
+        return ()
+
     def trainable_token_ids(self) -> list[int]:
         """Token ids added by ``prepare_processor`` whose embeddings must train (markers)."""
         return []

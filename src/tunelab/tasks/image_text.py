@@ -64,6 +64,10 @@ class ImageTextProcessor:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
 
+    def __len__(self) -> int:
+        """The tokenizer's vocabulary size (what a shared base's key compares)."""
+        return len(self.tokenizer)
+
     @property
     def pad_token_id(self) -> int:
         """The tokenizer's padding id."""
@@ -301,6 +305,10 @@ class ImageTextClassificationTask(ClassificationTask):
                  if name.split(".")[0] in towers and name.rsplit(".", 1)[-1] in ADAPTED
                  and isinstance(module, (nn.Linear, nn.Conv2d))]
         return names
+
+    def base_identity(self) -> tuple:
+        """The fusion, the image model and the frozen towers: adapters share a base only when all three agree."""
+        return (self.state["fusion"], self.state["image_model"], tuple(self.state.get("frozen", [])))
 
     def frozen_modules(self) -> list[str]:
         """The towers ``task.frozen`` names."""
