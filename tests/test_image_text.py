@@ -64,6 +64,13 @@ def test_images_are_read_from_paths_bytes_and_data_uris_as_8_bit_rgb(tmp_path: P
     assert grey.getpixel((1, 0)) == (64, 64, 64)  # 1000 of 0..4000, not clipped to white
 
 
+def test_an_image_over_the_decoding_limit_is_refused_not_decoded(tmp_path: Path, monkeypatch) -> None:
+    Image.new("RGB", (40, 40), RED).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels is then over twice the limit
+    with pytest.raises(DataError, match="row 3.*too large to decode safely"):
+        read_image("big.png", tmp_path, "row 3")
+
+
 def test_bad_images_are_errors_naming_the_record_and_the_path(tmp_path: Path) -> None:
     (tmp_path / "notes.png").write_text("not an image")
     Image.new("RGB", (64, 64), RED).save(tmp_path / "whole.jpg", quality=95)

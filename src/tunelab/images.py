@@ -64,6 +64,8 @@ def read_image(value: Any, base: Path, where: str) -> Any:
                                 f"{MAX_PIXELS:,}-pixel limit")
             image.load()  # decode now: a truncated file fails here, not in the middle of training
             return to_rgb(image, where)
+    except Image.DecompressionBombError as err:  # PIL refuses images far over its pixel limit before we look
+        raise DataError(f"{where}: {shown} is too large to decode safely: {err}") from None
     except UnidentifiedImageError:
         raise DataError(f"{where}: {shown} is not an image PIL can read (JPEG, PNG, GIF, BMP, TIFF, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as err:
