@@ -139,6 +139,26 @@ def test_artifact_and_predictor_take_images_as_paths_bytes_or_data_uris(coloured
         assert broken.status_code == 422 and "not an image" in broken.text
         card = api.get("/v1/models").json()["models"][0]
         assert card["media"] == {"image": "image"}
+        # the same record as multipart/form-data: a file part for the image, a text field for the text
+        upload = "/v1/models/shop/predict/upload"
+        sent = api.post(upload, data={"text": "item number 5"}, files={"image": ("0.png", data, "image/png")})
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["predictions"][0]["scores"] == pytest.approx(again[1]["scores"])
+        assert "multipart/form-data" in api.get("/openapi.json").json()["paths"][upload]["post"]["requestBody"]["content"]
+        bad = {"json body": ({"json": {"inputs": [inputs[2]]}}, 415, "multipart/form-data"),
+               "image as text": ({"data": {"text": "x", "image": red}}, 422, "image: send the image as a file part"),
+               "text as file": ({"files": {"text": ("t.txt", b"x"), "image": ("0.png", data)}}, 422, "text: a text field"),
+               "unknown field": ({"data": {"text": "x", "colour": "red"}, "files": {"image": ("0.png", data)}}, 422,
+                                 "colour: not an input"),
+               "no text": ({"files": {"image": ("0.png", data, "image/png")}}, 422, "text"),
+               "empty file": ({"data": {"text": "x"}, "files": {"image": ("0.png", b"")}}, 422, "is empty"),
+               "not an image": ({"data": {"text": "x"}, "files": {"image": ("0.png", b"GIF89a-no")}}, 422, "not an image"),
+               "two images": ({"data": {"text": "x"}, "files": [("image", ("a.png", data)), ("image", ("b.png", data))]},
+                              422, "image: given twice"),
+               "many parts": ({"data": {f"f{i}": "x" for i in range(9)}}, 400, "Too many fields")}
+        for case, (request, status, message) in bad.items():
+            reply = api.post(upload, **request)
+            assert reply.status_code == status and message in reply.json()["error"], (case, reply.status_code, reply.text)
 
 
 def _lora_names(model: torch.nn.Module) -> set[str]:

@@ -145,6 +145,9 @@ def test_a_text_task_learns_from_speech_and_predicts_from_audio_or_text(spoken_s
         refused = api.post("/v1/models/spoken/predict", json={"inputs": [{"audio": str(audio / "0.wav")}]})
         assert refused.status_code == 422 and "data URI" in refused.text  # no paths on the server's own disk
         assert api.get("/v1/models").json()["models"][0]["media"] == {"audio": "audio"}
+        recorded = (audio / "0.wav").read_bytes()  # or as multipart/form-data, the recording as a file part
+        sent = api.post("/v1/models/spoken/predict/upload", files={"audio": ("0.wav", recorded, "audio/wav")})
+        assert sent.status_code == 200 and sent.json()["predictions"][0]["label"] == typed[1]["label"], sent.text
 
     shutil.rmtree(recogniser)  # the artifact names its recogniser; without it, spoken inputs say what is missing
     with pytest.raises(tunelab.ModelNotFoundError, match="tone-recogniser"):

@@ -406,24 +406,24 @@ def _add_page_routes(app: Any) -> None:
 
 
 def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authorize: Any, metrics: Metrics) -> None:
-    """``POST /v1/models/<name>/predict`` with the task's schemas."""
+    """``POST /v1/models/<name>/predict`` with the task's schemas; for a model with image or audio columns also
+    ``POST /v1/models/<name>/predict/upload``: one record as ``multipart/form-data``."""
     Body, Reply = model.Request, model.Response
 
-    async def predict(body: Body, request: Request) -> Any:  # type: ignore[valid-type]
+    async def answer(body: Any, request: Request, field: str = "inputs[{}]") -> dict[str, Any]:
         started = time.perf_counter()
         status = "500"
         try:
-            authorize(request, model.name)
             items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
             if not items:
                 raise ServeError(422, "inputs: give at least one input", "inputs")
             if len(items) > settings.max_inputs:
                 raise ServeError(413, f"inputs: {len(items)} inputs, more than the limit of {settings.max_inputs}", "inputs")
-            rows = [_record(model, item if isinstance(item, str) else item.model_dump(), settings, f"inputs[{at}]")
+            rows = [_record(model, item if isinstance(item, str) else item.model_dump(), settings, field.format(at))
                     for at, item in enumerate(items)]
             if settings.log_inputs:
                 log.info("model %s inputs %s", model.name, json.dumps(rows)[:2000])
-            results = await _run(model, rows, settings, request.state.request_id, "inputs[{}]")
+            results = await _run(model, rows, settings, request.state.request_id, field)
             status = "200"
             return {"model": model.name, "predictions": results}
         except ServeError as err:
@@ -433,9 +433,74 @@ def _add_predict_route(app: Any, model: Served, settings: ServeSettings, authori
             metrics.requests.labels(model.name, status).inc()
             metrics.latency.labels(model.name).observe(time.perf_counter() - started)
 
+    async def predict(body: Body, request: Request) -> Any:  # type: ignore[valid-type]
+        authorize(request, model.name)
+        return await answer(body, request)
+
     predict.__doc__ = f"Predict with {model.name!r} ({model.predictor.task.name})."
     app.post(f"/v1/models/{model.name}/predict", response_model=Reply, name=f"predict_{model.name}",
              tags=[model.name])(predict)
+    if not model.media:
+        return
+
+    async def upload(request: Request) -> Any:
+        authorize(request, model.name)
+        return await answer(await _form_request(model, request), request, "form")
+
+    upload.__doc__ = (f"Predict with {model.name!r} for one record sent as multipart/form-data: a file part for "
+                      f"each of {sorted(model.media)}, a text field for each other column.")
+    app.post(f"/v1/models/{model.name}/predict/upload", response_model=Reply, name=f"upload_{model.name}",
+             tags=[model.name], openapi_extra=_form_schema(model))(upload)
+
+
+async def _form_request(model: Served, request: Request) -> Any:
+    """A ``multipart/form-data`` request as the model's JSON request: each file part becomes a data URI (so it
+    takes exactly the JSON route's checks), each text field a string; 415/422 name what is wrong."""
+    import base64
+
+    from pydantic import ValidationError
+
+    if not request.headers.get("content-type", "").lower().startswith(("multipart/form-data",
+                                                                        "application/x-www-form-urlencoded")):
+        raise ServeError(415, "body: send multipart/form-data, with a file part for each of "
+                              f"{sorted(model.media)} and a text field for each other column", "body")
+    columns = set(model.predictor.input_schema.model_fields) | set(model.media)
+    record: dict[str, Any] = {}
+    async with request.form(max_files=len(columns) + 1, max_fields=len(columns) + 1) as form:
+        for name, value in form.multi_items():
+            if name in record:
+                raise ServeError(422, f"{name}: given twice; one record per request", name)
+            if name not in columns:
+                raise ServeError(422, f"{name}: not an input of this model (its inputs: {sorted(columns)})", name)
+            is_file = not isinstance(value, str)
+            if name in model.media and not is_file:
+                raise ServeError(422, f"{name}: send the {model.media[name]} as a file part, not as a text field", name)
+            if name not in model.media and is_file:
+                raise ServeError(422, f"{name}: a text field, not a file", name)
+            if is_file:
+                data = await value.read()
+                if not data:
+                    raise ServeError(422, f"{name}: the file {value.filename!r} is empty", name)
+                kind = value.content_type or "application/octet-stream"
+                record[name] = f"data:{kind};base64,{base64.b64encode(data).decode()}"
+            else:
+                record[name] = value
+    try:
+        model.predictor.input_schema.model_validate(record)  # errors name the column, not the JSON route's union
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ServeError(422, f"{where}: {first.get('msg')}", where) from None
+    return model.Request.model_validate({"inputs": record})
+
+
+def _form_schema(model: Served) -> dict[str, Any]:
+    """The upload route's request body in the OpenAPI document."""
+    properties = {name: {"type": "string"} for name in model.predictor.input_schema.model_fields}
+    properties.update({name: {"type": "string", "format": "binary", "description": f"the {kind} file"}
+                       for name, kind in model.media.items()})
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties}}}}}
 
 
 class ExplainRequest(BaseModel):
