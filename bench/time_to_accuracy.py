@@ -86,7 +86,7 @@ def run_tunelab(args) -> dict:
     recipe = {"config": "configs/sst2_full.yaml", "overrides": list(args.tunelab_overrides), "method": method,
               "train": {k: v for k, v in cfg.train.model_dump(mode="json").items()
                         if k in ("epochs", "min_steps", "batch_size", "learning_rate", "scheduler", "warmup_ratio",
-                                 "weight_decay", "dropout", "early_stopping_patience", "keep_best")},
+                                 "weight_decay", "dropout", "ema_decay", "early_stopping_patience", "keep_best")},
               "max_length": cfg.data.max_length, "steps": run.train.steps}
     return {"curve": curve, "final_accuracy": run.metrics["accuracy"], "train_seconds": run.train.train_seconds,
             "peak_rss_mb": peak_rss_mb(), "recipe": recipe}

@@ -113,7 +113,13 @@ def test_bad_sequences_are_refused_before_training(tiny_bert: Path, tmp_path: Pa
     summary = {"name": "sum", "task": "summarization", "train": [{"text": "a b", "target": "a"}]}
     with pytest.raises(tunelab.ConfigError, match="not summarization"):
         fit_sequence([summary], output_dir=tmp_path / "f", model=str(tiny_bert))
-    assert not any((tmp_path / d).exists() for d in "abcdefg")  # nothing was written
+    pictured = {**tasks()[0], "data": {"image_column": "photo"}}
+    with pytest.raises(tunelab.ConfigError, match=r"tasks\[0\] \(sentiment\): .* reads images \(data.image_column\)"):
+        fit_sequence([pictured, tasks()[1]], output_dir=tmp_path / "h", model=str(tiny_bert))
+    spoken = {**tasks()[1], "data": {"audio_column": "audio"}}
+    with pytest.raises(tunelab.ConfigError, match=r"tasks\[1\] .* reads speech"):
+        fit_sequence([tasks()[0], spoken], output_dir=tmp_path / "i", model=str(tiny_bert))
+    assert not any((tmp_path / d).exists() for d in "abcdefghi")  # nothing was written
 
 
 def test_the_command_reads_a_sequence_file(tiny_bert: Path, tmp_path: Path, capsys) -> None:

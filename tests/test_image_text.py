@@ -251,7 +251,13 @@ def test_packaged_efficientnet_lite0_converts_once_with_open_gates(tmp_path: Pat
 
 def test_explanations_attribute_the_words_and_the_image_regions(coloured: Path, tiny_bert: Path, tiny_vit: Path,
                                                                 tmp_path: Path) -> None:
+    """Occlusion of image regions beside the words' attributions; tunelab.analyze maps what the fusion head reads."""
     run = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "run", "concat"), train=str(coloured))
+    analysis = tunelab.analyze(run.artifact_dir, coloured, out=tmp_path / "analysis", maps=["pca"], hardest=2)
+    assert analysis["metrics"]["accuracy"] == 1.0 and (tmp_path / "analysis" / "report.html").is_file()
+    first = np.asarray(analysis["maps"]["pca"])[:, 0]  # the label is in the image only: the fused map splits by it
+    gold = np.asarray([e["gold"] == "pos" for e in analysis["examples"]])
+    assert first[gold].min() > first[~gold].max() or first[gold].max() < first[~gold].min()
     picture = Image.new("RGB", (40, 40), RED)
     picture.paste(Image.new("RGB", (20, 20), BLUE), (0, 0))  # a blue corner on red
     path = tmp_path / "corner.png"

@@ -74,6 +74,28 @@ def test_ray_data_prediction_matches_predict_file_line_for_line(cluster, tmp_pat
     assert "--backend ray predicts a --file" in capsys.readouterr().err
 
 
+def test_ray_data_prediction_reads_images_relative_to_their_data_file(cluster, tmp_path: Path, tiny_bert: Path,
+                                                                       tiny_vit: Path) -> None:
+    """A text+image model over a JSON Lines file whose image paths are relative to it: the actors read the same
+    pictures as the local path (the record's source travels with it), line for line."""
+    from conftest import coloured_records
+
+    data = coloured_records(tmp_path / "shop", n=24)
+    cfg = tiny_config(tiny_bert, tmp_path / "run", epochs=2)
+    cfg["task"] = {"name": "classification", "image_model": str(tiny_vit)}
+    cfg["data"] = {"max_length": 16, "image_column": "image"}
+    artifact = tunelab.fit(cfg, train=str(data)).artifact_dir
+    assert main(["predict", str(artifact), "--file", str(data), "--output", str(tmp_path / "local.out")]) == 0
+    assert main(["predict", str(artifact), "--file", str(data), "--output", str(tmp_path / "ray.out"),
+                 "--backend", "ray", "--workers", "2", "--batch-size", "8"]) == 0
+    local = [json.loads(line) for line in (tmp_path / "local.out").read_text(encoding="utf-8").splitlines()]
+    distributed = [json.loads(line) for line in (tmp_path / "ray.out").read_text(encoding="utf-8").splitlines()]
+    assert len(distributed) == len(local) == 24 and not any("error" in p for p in distributed)
+    for a, b in zip(distributed, local):
+        assert a["row"] == b["row"] and a["label"] == b["label"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+
+
 def test_ray_train_two_workers_end_where_one_process_ends(cluster, tmp_path: Path, tiny_bert: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     train, val = write_data(tmp_path)

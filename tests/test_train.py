@@ -29,7 +29,9 @@ def _child(config: dict, kill_at: int, result: Path) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_sigkill_and_resume_ends_with_identical_metrics(tiny_bert: Path, tmp_path: Path) -> None:
-    train = {"epochs": 3, "batch_size": 8, "checkpoint_every": 3, "eval_every": 4, "learning_rate": 2e-3}
+    # with a weight average, whose state the checkpoint must carry too (the plain loop resumes in test_fuzz)
+    train = {"epochs": 3, "batch_size": 8, "checkpoint_every": 3, "eval_every": 4, "learning_rate": 2e-3,
+             "ema_decay": 0.9}
     straight = tiny_config(tiny_bert, tmp_path / "straight", **train)
     done = _child(straight, 0, tmp_path / "straight.json")
     assert done.returncode == 0, done.stderr
@@ -241,8 +243,59 @@ def test_freeze_layers_stops_the_backward_pass_above_the_bottom_layers(tiny_bert
     METHODS.get("full").adapt(llama, options(1), Target("CAUSAL_LM", [], [], 10))
     assert not llama.model.embed_tokens.weight.requires_grad and not llama.model.layers[0].mlp.up_proj.weight.requires_grad
     assert llama.model.layers[1].mlp.up_proj.weight.requires_grad and llama.model.norm.weight.requires_grad
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=2, intermediate_size=32, tie_word_embeddings=True))
+    METHODS.get("full").adapt(tied, options(1), Target("CAUSAL_LM", [], [], 10))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight and tied.lm_head.weight.requires_grad  # the output layer
+    assert not tied.model.layers[0].mlp.up_proj.weight.requires_grad
     with pytest.raises(tunelab.ConfigError, match="greater than or equal to 0|freeze_layers"):
         build_config({"method": {"name": "full", "freeze_layers": -1}})
+
+
+def test_the_weight_average_is_what_is_evaluated_kept_and_saved(tiny_bert: Path, tmp_path: Path) -> None:
+    """train.ema_decay: the saved model is the exponential moving average of the weights after each step
+    (recomputed here from the weights a hook sees), and the evaluations score that average."""
+    from safetensors.torch import load_file
+
+    from tunelab.hooks import TrainHook
+
+    class Weights(TrainHook):
+        def __init__(self) -> None:
+            self.seen: list[dict[str, torch.Tensor]] = []  # the weights after 0, 1, ... steps
+
+        def snapshot(self, model: torch.nn.Module) -> None:
+            self.seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+        def before_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+            self.snapshot(model)
+
+        def on_train_end(self, model: torch.nn.Module) -> None:
+            self.snapshot(model)
+
+    hook = Weights()
+    decay = 0.8
+    cfg = tiny_config(tiny_bert, tmp_path / "avg", epochs=2, ema_decay=decay, keep_best=False)
+    validation = sentiment_rows(16, seed=9)
+    run = tunelab.fit(cfg, train=sentiment_rows(48), validation=validation, hooks=[hook])
+    assert len(hook.seen) == run.train.steps + 1
+    average = {n: v.clone() for n, v in hook.seen[0].items()}
+    for n, weights in enumerate(hook.seen[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        for name, value in weights.items():
+            average[name] = d * average[name] + (1 - d) * value
+    saved = load_file(str(Path(run.artifact_dir) / "model" / "model.safetensors"))
+    compared = [name for name in average if name in saved]
+    assert len(compared) == len(average)
+    for name in compared:
+        torch.testing.assert_close(saved[name], average[name], atol=1e-6, rtol=1e-5)
+    last = hook.seen[-1]
+    assert any(not torch.allclose(saved[n], last[n]) for n in compared)  # the average, not the last weights
+    scored = run.train.evals[-1]  # the last evaluation scored the average that was saved
+    assert scored["step"] == run.train.steps
+    again = tunelab.Predictor.load(run.artifact_dir).evaluate(validation)
+    assert tunelab.metrics.scalar_metrics(again) == tunelab.metrics.scalar_metrics(scored["metrics"])
+    with pytest.raises(tunelab.ConfigError, match="train.ema_decay"):
+        build_config({"train": {"ema_decay": 1.0}})
 
 
 def test_epochs_follow_the_data_size_when_unset() -> None:

@@ -145,6 +145,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.01, ge=0)
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout")
     grad_accum_steps: int = Field(1, ge=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
+                                    "trainable weights, its decay (1+n)/(10+n) after n steps up to this cap (so it "
+                                    "spans about the last tenth of the steps until the cap takes over: 0.998 at "
+                                    "4,490 steps); evaluation, keep_best and the saved model use the average "
+                                    "(finetune strategy)")
     max_grad_norm: float | None = Field(1.0, gt=0)
     eval_every: int | None = Field(None, ge=1, description="steps between evaluations; default once an epoch, and "
                                    "at each quarter of a run shorter than 4 epochs")

@@ -254,6 +254,11 @@ def _configs(tasks: list[dict[str, Any]], model: str, output_dir: Path, method: 
         if TASKS.get(cfg.task.name).streams:
             raise ConfigError(f"tasks[{k}]: continual learning covers encoder tasks with a head (classification, ner, "
                               f"relation, qa), not {cfg.task.name}")
+        reads = ("images (data.image_column)" if TASKS.get(cfg.task.name).variant(cfg.data) is not TASKS.get(cfg.task.name)
+                 else "speech (data.audio_column)" if cfg.data.audio_column else None)
+        if reads:
+            raise ConfigError(f"tasks[{k}] ({name}): continual learning shares one text encoder between text tasks; "
+                              f"this task reads {reads}: train it on its own with tunelab train")
         if "train" not in data:
             raise ConfigError(f"tasks[{k}] ({name}): give its training records as 'train'")
         out.append((name, cfg, data))

@@ -157,7 +157,8 @@ def layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList] | Non
 
 def freeze_bottom_layers(model: torch.nn.Module, count: int, target: Target) -> None:
     """Freeze the bottom ``count`` transformer layers and every parameter registered before the stack (the
-    embeddings), so no gradient flows below layer ``count``; the head and the layers above stay trainable."""
+    embeddings), so no gradient flows below layer ``count``; the head and the layers above stay trainable (and so
+    does a word-embedding matrix tied to the output layer)."""
     found = layer_stack(model)
     if found is None:
         raise ConfigError(f"method.freeze_layers: cannot find the transformer layer stack of "
@@ -175,6 +176,12 @@ def freeze_bottom_layers(model: torch.nn.Module, count: int, target: Target) -> 
         if param_name.startswith(stack_start):
             break
         frozen.add(id(p))
+    try:  # a word-embedding matrix tied to the output layer (generation) is that layer too: it keeps training
+        output = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        output = None
+    if output is not None:
+        frozen.discard(id(output.weight))
     for p in model.parameters():
         if id(p) in frozen:
             p.requires_grad_(False)

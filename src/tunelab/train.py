@@ -4,7 +4,9 @@ Per optimizer step: the micro-batches of one accumulation window each add
 ``task loss (summed) / examples in the window`` plus any extra loss terms, so the loss is
 normalised over the whole window, not averaged per micro-batch. Then clip, optimizer and scheduler
 step. Every ``eval_every`` steps (default: once an epoch, and at each quarter of a run shorter than 4 epochs)
-the model is evaluated; the best weights are kept; early stopping watches the task's primary metric.
+the model is evaluated; the best weights are kept; early stopping watches the task's primary metric. With
+``train.ema_decay`` an exponential moving average of the trainable weights (``averaging.WeightAverage``) is
+what gets evaluated, kept and saved.
 Checkpoints carry the weights being trained, optimizer, scheduler, RNG states and the data position, so a
 killed run resumes exactly.
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .averaging import WeightAverage
 from .batching import epoch_batches
 from .checkpoint import (
     fingerprint_changes,
@@ -240,6 +243,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         print(f"train: {planned_epochs(len(inp.train_features), cfg):g} epochs, {total_steps} optimizer steps (epochs "
               f"unset: at least train.min_steps={cfg.min_steps} steps, 1 to {AUTO_MAX_EPOCHS} epochs)", file=sys.stderr)
     model, optimizer = accelerator.prepare(model, optimizer)
+    average = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
     rank, size = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if cfg.track != "none":
@@ -266,6 +270,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             accelerator.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            if average is not None:
+                average.load_state_dict(ckpt["average"])
         except (ValueError, RuntimeError, KeyError) as err:
             raise TrainingError(f"cannot resume from {inp.run_dir}/checkpoint.pt: it does not fit this model "
                                 f"({str(err).splitlines()[0][:200]}); set train.discard_checkpoint=true to start over") from None
@@ -291,19 +297,23 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     def run_eval() -> None:
         nonlocal best_state
         metrics = None
-        if main:  # rank 0 evaluates the plain module; every rank gets its result, so all decide alike
-            metrics = inp.task.evaluate_features(accelerator.unwrap_model(model), inp.processor, inp.val_features,
-                                                 cfg.eval_batch_size, device, full=False)
-        metrics = broadcast(metrics)
-        value = float(metrics[metric_name])
+        # with train.ema_decay the averaged weights are the ones evaluated, kept as the best and saved
+        averaged = average.applied() if average is not None else contextlib.nullcontext()
+        with averaged:
+            if main:  # rank 0 evaluates the plain module; every rank gets its result, so all decide alike
+                metrics = inp.task.evaluate_features(accelerator.unwrap_model(model), inp.processor, inp.val_features,
+                                                     cfg.eval_batch_size, device, full=False)
+            metrics = broadcast(metrics)
+            value = float(metrics[metric_name])
+            improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better
+                                                     else value < st["best_metric"])
+            if improved and cfg.keep_best:
+                best_state = trainable_state(accelerator.unwrap_model(model))
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
                "train_seconds": round(st["train_seconds"], 3), "metrics": metrics}
         st["evals"].append(row)
-        improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better else value < st["best_metric"])
         if improved:
             st["best_metric"], st["best_step"], st["bad_evals"] = value, st["step"], 0
-            if cfg.keep_best:
-                best_state = trainable_state(accelerator.unwrap_model(model))
         else:
             st["bad_evals"] += 1
         if cfg.track != "none":
@@ -381,6 +391,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             st["train_seconds"] += time.perf_counter() - started
             st["samples_seen"] += window_examples
             st["step"] += 1
@@ -424,7 +436,7 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                     "model": trainable_state(accelerator.unwrap_model(model)),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_states(), "loop": st, "best_state": best_state, "total_steps": total_steps,
-                    "fingerprint": inp.fingerprint,
+                    "fingerprint": inp.fingerprint, **({"average": average.state_dict()} if average is not None else {}),
                 })
             if last_step or st["stopped_early"]:
                 done = True
@@ -439,6 +451,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         hook.on_train_end(accelerator.unwrap_model(model))
     if cfg.keep_best and best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+    elif average is not None:
+        average.copy_to_model()
     if cfg.track != "none":
         accelerator.end_training()
     return TrainResult(

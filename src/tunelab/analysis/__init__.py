@@ -114,9 +114,7 @@ def analyze(model: str | Path | Predictor, data: Any, *, out: str | Path | None 
         notes.append("maps need the model's hidden states: analyse the PyTorch artifact this one was exported from")
     elif projections:
         say(f"representations and {', '.join(projections)} maps")
-        texts = [(r["text"], r.get("text_pair")) for r in rows]
-        vectors = M.representations(explain_model.torch_model, predictor.processor, texts,
-                                    int(task.state.get("max_length") or 256), batch_size)
+        vectors = task.representations(explain_model.torch_model, predictor.processor, records, rows, batch_size)
         analysis["maps"] = {k: np.round(v, 4).tolist() for k, v in M.project(vectors, projections, seed).items()}
         if not analysis["maps"]:
             notes.append("no maps: they need at least 5 records with different representations")

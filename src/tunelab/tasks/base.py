@@ -415,6 +415,23 @@ class Task:
         optionally ``probs`` + ``gold_index`` (calibration) and ``group_gold``/``group_pred`` (map colours)."""
         raise ConfigError(f"tunelab analyze is not available for the {self.name} task")
 
+    def representations(self, model: torch.nn.Module, processor: Any, records: Records, rows: list[dict[str, Any]],
+                        batch_size: int = 32) -> np.ndarray:
+        """Each record as the model sees it, one vector per record, for the analysis maps; default: the mean of the
+        model's last hidden states over the tokens of the row's ``text`` (and ``text_pair``).
+
+        Args:
+            model: the trained PyTorch model.
+            processor: its input processor (a tokenizer).
+            records: the records analysed.
+            rows: their ``analysis_rows``, in the same order.
+            batch_size: records run through the model together.
+        """
+        from ..sentence_embeddings import text_representations
+
+        return text_representations(model, processor, [(r["text"], r.get("text_pair")) for r in rows],
+                                    int(self.state.get("max_length") or 256), batch_size)
+
     def analysis_metrics(self, rows: list[dict[str, Any]]) -> dict[str, float]:
         """The task's metrics over some analysis rows (a slice); default: accuracy of ``correct``."""
         return {"accuracy": float(np.mean([r["correct"] for r in rows])) if rows else 0.0}

@@ -126,8 +126,9 @@ class FusionClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **_: Any) -> Any:
-        """Logits for a batch (``SequenceClassifierOutput``)."""
+                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False, **_: Any) -> Any:
+        """Logits for a batch (``SequenceClassifierOutput``); with ``output_hidden_states`` its ``hidden_states`` is
+        ``(joined,)``: the vector the fusion head reads."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         fusion = self.spec["fusion"]
@@ -165,7 +166,8 @@ class FusionClassifier(nn.Module):
             mixed = self.fusion_norm(text_tokens + attended)
             mask = attention_mask.unsqueeze(-1).to(mixed.dtype)
             joined = torch.cat([(mixed * mask).sum(1) / mask.sum(1).clamp(min=1.0), image_pooled], dim=-1)
-        return SequenceClassifierOutput(logits=self.fusion_head(joined))
+        return SequenceClassifierOutput(logits=self.fusion_head(joined),
+                                        hidden_states=(joined,) if output_hidden_states else None)
 
     def get_input_embeddings(self) -> nn.Module | None:
         """The text tower's word embeddings (explanations and peft read them); None in ``image_only`` mode."""
@@ -354,6 +356,23 @@ class ImageTextClassificationTask(ClassificationTask):
 
     def feature_length(self, feature: dict[str, Any]) -> int:
         return max(1, len(feature["input_ids"]))
+
+    def representations(self, model: nn.Module, processor: Any, records: Records, rows: list[dict[str, Any]],
+                        batch_size: int = 32) -> np.ndarray:
+        """The vector the fusion head reads for each record: the text's, the image's or both joined, as
+        ``task.fusion`` joins them (the analysis maps show the data as the whole model sees it)."""
+        from ..inference import batched
+
+        collate = self.collate(processor)
+
+        def run(chunk: list[dict[str, Any]]) -> list[np.ndarray]:
+            batch = collate(chunk)
+            batch.pop("labels", None)
+            return list(model(**batch, output_hidden_states=True).hidden_states[-1].float().numpy())
+
+        features = self.encode(records, processor, with_labels=False)
+        return np.asarray(batched(model, features, run, batch_size=batch_size, length=self.feature_length,
+                                  desc="representations"), dtype=np.float32)
 
     # ---- model ------------------------------------------------------------------------------------------------
     def build_model(self, model_path: Any, dropout: float | None) -> tuple[nn.Module, list[str]]:
