@@ -159,6 +159,10 @@ def test_artifact_and_predictor_take_images_as_paths_bytes_or_data_uris(coloured
         for case, (request, status, message) in bad.items():
             reply = api.post(upload, **request)
             assert reply.status_code == status and message in reply.json()["error"], (case, reply.status_code, reply.text)
+    small = ServeSettings(max_body_bytes=2000)  # an upload over the body limit is refused while it is read
+    with TestClient(create_app(small, {"shop": loaded}, KeyStore([])), raise_server_exceptions=False) as api:
+        big = api.post(upload, data={"text": "x"}, files={"image": ("big.png", data + b"\0" * 4000, "image/png")})
+        assert big.status_code == 413 and big.json()["field"] == "body"
 
 
 def _lora_names(model: torch.nn.Module) -> set[str]:

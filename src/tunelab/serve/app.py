@@ -458,6 +458,7 @@ async def _form_request(model: Served, request: Request) -> Any:
     takes exactly the JSON route's checks), each text field a string; 415/422 name what is wrong."""
     import base64
 
+    from fastapi.exceptions import RequestValidationError
     from pydantic import ValidationError
 
     if not request.headers.get("content-type", "").lower().startswith(("multipart/form-data",
@@ -487,10 +488,8 @@ async def _form_request(model: Served, request: Request) -> Any:
                 record[name] = value
     try:
         model.predictor.input_schema.model_validate(record)  # errors name the column, not the JSON route's union
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise ServeError(422, f"{where}: {first.get('msg')}", where) from None
+    except ValidationError as err:  # answered by the app's own handler, as the JSON route's errors are
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
     return model.Request.model_validate({"inputs": record})
 
 
