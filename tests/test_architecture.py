@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     {"errors", "offline", "version", "registry", "progress", "probabilities", "tags"},
     {"data", "config", "prompts", "metrics", "models", "plots", "batching", "inference", "hooks", "artifact",
-     "checkpoint", "rundir", "calibration", "synonyms", "textedits", "distributed", "images", "image_weights", "averaging"},
+     "checkpoint", "rundir", "calibration", "synonyms", "textedits", "distributed", "images", "image_weights", "averaging",
+     "sharding"},
     {"causal_lm", "sentence_embeddings", "onnx_model", "genai_model", "runtimes", "augment", "search_space", "runs",
      "speech"},
     {"tasks"},

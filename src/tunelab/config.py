@@ -175,6 +175,9 @@ class TrainConfig(_Strict):
     report: bool = Field(False, description="write the error-analysis report of the validation set (tunelab analyze) "
                          "into the artifact's report/ folder")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    sharding: Literal["none", "fsdp"] = Field("none", description="fsdp: under a launch of several processes, shard "
+                                              "weights, gradients and optimizer state over them (FSDP2) instead of "
+                                              "each holding the whole model; same loss curve, less memory per process")
 
 
 class GenerateConfig(_Strict):

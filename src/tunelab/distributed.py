@@ -69,17 +69,17 @@ def join_restarted_group() -> None:
                             store=dist.PrefixStore(f"tunelab/attempt-{attempt}", store), rank=rank, world_size=size)
 
 
-#: accelerate's sharding engines, switched on by ``accelerate launch --use_fsdp / --use_deepspeed`` or its config file
-SHARDED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                   "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+#: accelerate's engines tunelab's loop does not run, switched on by ``accelerate launch --use_deepspeed`` /
+#: ``--use_megatron_lm`` or its config file (``--use_fsdp`` is honoured: see ``tunelab.sharding``)
+SHARDED_ENGINES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 def refuse_sharded_launch() -> None:
-    """Refuse a launch that asks accelerate to shard the model (FSDP, DeepSpeed ZeRO, Megatron-LM).
+    """Refuse a launch that asks accelerate for DeepSpeed or Megatron-LM.
 
-    tunelab's loop is data parallel: every rank holds the whole model, rank 0 alone evaluates and writes the full
-    weights. A sharded model would hang there (its forward pass needs every rank), and on CPUs accelerate drops
-    FSDP without a word and runs data parallel, so the user would not get what they asked for either way.
+    Both replace the training loop's optimizer step and model wrapper with their own engine; tunelab shards a model
+    with FSDP2 instead (``train.sharding: fsdp``, or ``accelerate launch --use_fsdp``), which needs no extra package
+    and runs on CPUs too.
 
     Raises:
         ConfigError: naming the engine and the variable that asked for it.
@@ -90,10 +90,10 @@ def refuse_sharded_launch() -> None:
         if os.environ.get(variable, "false").strip().lower() in ("true", "1", "yes"):
             raise ConfigError(
                 f"{engine} was asked for ({variable}={os.environ[variable]}, set by `accelerate launch` from its flags "
-                f"or config file), and tunelab trains data parallel only: each process holds the whole model and rank "
-                f"0 evaluates and writes it. Launch without {engine} (tunelab train CONFIG --nproc N, or an accelerate "
-                f"config with distributed_type MULTI_GPU); for a model too large to train whole, method: lora keeps "
-                f"the base weights frozen (no gradients or optimizer state for them)")
+                f"or config file), and tunelab does not run {engine}'s engine. To spread a model too large for one "
+                f"process over several, set train.sharding=fsdp (tunelab train CONFIG --nproc N train.sharding=fsdp, "
+                f"or accelerate launch --use_fsdp): weights, gradients and optimizer state are sharded with FSDP2; "
+                f"method: lora also keeps the base weights frozen (no gradients or optimizer state for them)")
 
 
 def shard(indices: list[int], rank: int, size: int) -> list[int]:

@@ -8,7 +8,8 @@ the model is evaluated; the best weights are kept; early stopping watches the ta
 ``train.ema_decay`` an exponential moving average of the trainable weights (``averaging.WeightAverage``) is
 what gets evaluated, kept and saved.
 Checkpoints carry the weights being trained, optimizer, scheduler, RNG states and the data position, so a
-killed run resumes exactly.
+killed run resumes exactly. Under a launch of several processes the loop is data parallel (DDP), or with
+``train.sharding: fsdp`` sharded (``tunelab.sharding``): the same steps, with the state spread over the ranks.
 
 New training methods plug in as hooks (``tunelab.hooks.TrainHook``), not as edits of this loop: extra loss
 terms (EWC, AdaLoRA's orthogonality penalty), extra gradients (adversarial perturbation), per-step
@@ -39,10 +40,20 @@ from .checkpoint import (
     unchangeable,
 )
 from .config import TrainConfig, flat_fields
-from .distributed import broadcast, join_restarted_group, refuse_sharded_launch, restarted, shard
+from .distributed import broadcast, join_restarted_group, rank_and_size, refuse_sharded_launch, restarted, shard
 from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
 from .metrics import scalar_metrics
+from .sharding import (
+    gather_model,
+    gather_optimizer_state,
+    gather_tensors,
+    scatter_like,
+    scatter_optimizer_state,
+    shard_model,
+    sharding_request,
+    state_megabytes,
+)
 
 
 @dataclass
@@ -82,6 +93,8 @@ class TrainResult:
     tokens_seen: int  # non-padding tokens
     still_improving: str | None = None  # the warning when the metric was still rising at the end
     resumed_at: list[int] = field(default_factory=list)  # steps at which this run resumed from its checkpoint
+    sharding: dict[str, Any] | None = None  # train.sharding: the engine, the processes and the units sharded
+    gathered_model: torch.nn.Module | None = None  # sharded training: the plain trained model (rank 0 only)
 
     @property
     def samples_per_s(self) -> float:
@@ -180,8 +193,17 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
     join_restarted_group()
     # find_unused_parameters: heads leave parts of the base model unused (a BERT pooler under a token head)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir),
-                       kwargs_handlers=[ddp])
+    import os
+
+    # accelerate --use_fsdp is honoured by tunelab.sharding, not by accelerate (which drops it on CPUs and would
+    # otherwise wrap the model a second time on GPUs): accelerate only makes the process group here
+    asked = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with, project_dir=str(run_dir),
+                           kwargs_handlers=[ddp])
+    finally:
+        if asked is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = asked
 
 
 def resume_checkpoint(run_dir: Path, cfg: TrainConfig, fingerprint: dict[str, str]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -233,19 +255,32 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     for hook in inp.hooks:
         inp.train_features = hook.training_features(inp.train_features)
     collate = inp.task.collate(inp.processor)
+    request = sharding_request(cfg.sharding)
+    if request is not None and inp.hooks and rank_and_size()[1] > 1:
+        raise ConfigError(f"{request.source} does not combine with training hooks "
+                          f"({', '.join(sorted({type(h).__name__ for h in inp.hooks}))}): hooks are written against the "
+                          "whole model, and sharded each process holds only its part of the weights and gradients; "
+                          "train without sharding (data parallel) instead")
     accelerator = _make_accelerator(cfg, inp.run_dir)
     device = accelerator.device
+    rank, size = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
     model = inp.model
+    sharded = None
+    if request is not None and size > 1:
+        sharded = shard_model(model, device, request)  # before the optimizer: it holds this rank's shards
+    elif request is not None and main:
+        print(f"note: {request.source}: one process, nothing to shard over; training the whole model", file=sys.stderr)
     optimizer = build_optimizer(model, cfg, inp.learning_rate, inp.head_names)
     total_steps = total_optimizer_steps(len(inp.train_features), cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     if cfg.epochs is None and not cfg.max_steps and accelerator.is_main_process:
         print(f"train: {planned_epochs(len(inp.train_features), cfg):g} epochs, {total_steps} optimizer steps (epochs "
               f"unset: at least train.min_steps={cfg.min_steps} steps, 1 to {AUTO_MAX_EPOCHS} epochs)", file=sys.stderr)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    average = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
-    rank, size = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
+    if sharded is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model) if sharded is None else model  # the module itself, without a DDP wrapper
+    average = WeightAverage(core, cfg.ema_decay) if cfg.ema_decay else None
     if cfg.track != "none":
         accelerator.init_trackers("tunelab", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                      for k, v in flat_fields(inp.tracker_config).items()})
@@ -267,11 +302,18 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             )
         fresh = [(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in optimizer.param_groups]
         try:
-            accelerator.unwrap_model(model).load_state_dict(ckpt["model"], strict=False)
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if sharded is None:
+                core.load_state_dict(ckpt["model"], strict=False)
+                optimizer.load_state_dict(ckpt["optimizer"])
+            else:  # the checkpoint holds whole tensors (sharded or not, any number of processes): take the shards
+                core.load_state_dict(scatter_like(ckpt["model"], core.state_dict()), strict=False)
+                optimizer.load_state_dict(scatter_optimizer_state(ckpt["optimizer"], optimizer))
             scheduler.load_state_dict(ckpt["scheduler"])
             if average is not None:
-                average.load_state_dict(ckpt["average"])
+                saved = ckpt["average"]
+                if sharded is not None:
+                    saved = {**saved, "shadow": scatter_like(saved["shadow"], dict(zip(average.names, average.params)))}
+                average.load_state_dict(saved)
         except (ValueError, RuntimeError, KeyError) as err:
             raise TrainingError(f"cannot resume from {inp.run_dir}/checkpoint.pt: it does not fit this model "
                                 f"({str(err).splitlines()[0][:200]}); set train.discard_checkpoint=true to start over") from None
@@ -285,6 +327,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         st = ckpt["loop"]
         st["resumed_at"] = [*st.get("resumed_at", []), st["step"]]  # kept in later checkpoints and the report
         best_state = ckpt.get("best_state")
+        if sharded is not None and best_state is not None:
+            best_state = scatter_like(best_state, core.state_dict())
         print(f"resuming from {inp.run_dir}/checkpoint.pt at step {st['step']}/{total_steps}", file=sys.stderr)
 
     from tqdm.auto import tqdm
@@ -300,15 +344,17 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         # with train.ema_decay the averaged weights are the ones evaluated, kept as the best and saved
         averaged = average.applied() if average is not None else contextlib.nullcontext()
         with averaged:
-            if main:  # rank 0 evaluates the plain module; every rank gets its result, so all decide alike
-                metrics = inp.task.evaluate_features(accelerator.unwrap_model(model), inp.processor, inp.val_features,
-                                                     cfg.eval_batch_size, device, full=False)
+            # rank 0 evaluates the plain module (a sharded one needs every rank in step); every rank gets rank 0's
+            # result, so all decide alike
+            if main or sharded is not None:
+                metrics = inp.task.evaluate_features(core, inp.processor, inp.val_features, cfg.eval_batch_size, device,
+                                                     full=False)
             metrics = broadcast(metrics)
             value = float(metrics[metric_name])
             improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better
                                                      else value < st["best_metric"])
             if improved and cfg.keep_best:
-                best_state = trainable_state(accelerator.unwrap_model(model))
+                best_state = trainable_state(core)  # sharded: each rank keeps its own shards
         row = {"step": st["step"], "epoch": round(st["epoch"] + st["window"] / max(1, windows_per_epoch), 4),
                "train_seconds": round(st["train_seconds"], 3), "metrics": metrics}
         st["evals"].append(row)
@@ -320,7 +366,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             accelerator.log({f"eval/{k}": v for k, v in scalar_metrics(metrics).items()}, step=st["step"])
         msg = (f"step {st['step']}/{total_steps}: eval {metric_name}={value:.4f} "
                f"(best {st['best_metric']:.4f} at step {st['best_step']})")
-        if bar.disable:
+        if not main:
+            pass  # rank 0 reports the evaluation every rank shares
+        elif bar.disable:
             print(msg, file=sys.stderr, flush=True)
         else:
             bar.write(msg)
@@ -360,9 +408,12 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                     return inp.task.loss_sum(outputs, labels, weights) * scale / max(items, 1)
 
                 last = position == len(window) - 1  # gradients are exchanged once per window, after its last
-                with accelerator.no_sync(model) if size > 1 and not last else contextlib.nullcontext():
+                if sharded is not None:
+                    model.set_requires_gradient_sync(last)
+                with accelerator.no_sync(model) if size > 1 and not last and sharded is None \
+                        else contextlib.nullcontext():
                     loss = compute_loss()
-                    ctx = StepContext(accelerator.unwrap_model(model), batch, labels, st["step"],
+                    ctx = StepContext(core, batch, labels, st["step"],
                                       len(micro) * scale / window_examples, compute_loss, accelerator.backward)
                     for hook in inp.hooks:
                         extra = hook.extra_loss(ctx)
@@ -380,14 +431,16 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                     f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
                     f"(now {inp.learning_rate:g}) or check the labels for extreme values"
                 )
-            if cfg.max_grad_norm:
+            if sharded is not None:  # the norm over every rank's shards (inf: measure, do not clip)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+            elif cfg.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
             else:
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 norms = [torch.linalg.vector_norm(g) for g in grads]
                 grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if grads else 0.0
             for hook in inp.hooks:
-                hook.before_optimizer_step(accelerator.unwrap_model(model), st["step"])
+                hook.before_optimizer_step(core, st["step"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -431,13 +484,13 @@ def train_loop(inp: LoopInputs) -> TrainResult:
             if end_of_epoch:
                 st["epoch"] += 1
                 st["window"] = 0
-            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step and main:
-                save_checkpoint(inp.run_dir, {
-                    "model": trainable_state(accelerator.unwrap_model(model)),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_states(), "loop": st, "best_state": best_state, "total_steps": total_steps,
-                    "fingerprint": inp.fingerprint, **({"average": average.state_dict()} if average is not None else {}),
-                })
+            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step and (
+                    main or sharded is not None):
+                state = training_state(core, optimizer, average, best_state, sharded is not None, main)
+                if main:
+                    save_checkpoint(inp.run_dir, {
+                        **state, "scheduler": scheduler.state_dict(), "rng": rng_states(), "loop": st,
+                        "total_steps": total_steps, "fingerprint": inp.fingerprint})
             if last_step or st["stopped_early"]:
                 done = True
                 break
@@ -448,11 +501,16 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     if improving and main:
         print(f"warning: {improving}", file=sys.stderr, flush=True)
     for hook in inp.hooks:
-        hook.on_train_end(accelerator.unwrap_model(model))
+        hook.on_train_end(core)
     if cfg.keep_best and best_state is not None:
-        accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+        core.load_state_dict(best_state, strict=False)
     elif average is not None:
         average.copy_to_model()
+    sharding = None
+    if sharded is not None:
+        sharding = {"engine": "fsdp", "processes": size, "units": len(sharded.units) + 1,
+                    **state_megabytes(model, optimizer)}
+    gathered = gather_model(sharded, keep=main) if sharded is not None else None
     if cfg.track != "none":
         accelerator.end_training()
     return TrainResult(
@@ -460,5 +518,23 @@ def train_loop(inp: LoopInputs) -> TrainResult:
         history=st["history"], evals=st["evals"], best_step=st["best_step"], best_metric=st["best_metric"],
         metric_name=metric_name, stopped_early=st["stopped_early"], train_seconds=st["train_seconds"],
         samples_seen=st["samples_seen"], tokens_seen=st["tokens_seen"], still_improving=improving,
-        resumed_at=st.get("resumed_at", []),
+        resumed_at=st.get("resumed_at", []), gathered_model=gathered,
+        sharding=sharding,
     )
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, average: WeightAverage | None,
+                   best_state: dict[str, torch.Tensor] | None, sharded: bool, keep: bool) -> dict[str, Any]:
+    """The weights being trained, the optimizer state, the weight average and the best weights, as a checkpoint
+    holds them: whole tensors. Sharded, this gathers the shards (every rank calls it) and rank 0 (``keep``) gets them.
+    """
+    average_state = average.state_dict() if average is not None else None
+    if not sharded:
+        return {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "best_state": best_state,
+                **({"average": average_state} if average_state is not None else {})}
+    out: dict[str, Any] = {
+        "model": gather_tensors(trainable_state(model), keep), "optimizer": gather_optimizer_state(optimizer, keep),
+        "best_state": gather_tensors(best_state, keep) if best_state is not None else None}
+    if average_state is not None:
+        out["average"] = {**average_state, "shadow": gather_tensors(average_state["shadow"], keep)}
+    return out

@@ -92,7 +92,8 @@ class FineTune(Strategy):
             resume_from=resume_from,
             resume_changes=resume_changes, fingerprint=fingerprint,
         ))
-        model = adaptation.model
+        # sharded training gathers the trained weights into a plain model on rank 0; the others keep their shards
+        model = result.gathered_model if result.gathered_model is not None else adaptation.model
         batch = cfg.train.eval_batch_size
         if is_main():  # other ranks of a distributed run leave evaluating and saving to rank 0
             val_metrics = task.evaluate_features(model, processor, val_features, batch)
@@ -102,7 +103,7 @@ class FineTune(Strategy):
             val_metrics, test_metrics = {}, None
 
         to_save, model_format = model, ("peft" if adaptation.is_peft else "full")
-        if adaptation.is_peft and adaptation.merge:
+        if adaptation.is_peft and adaptation.merge and is_main():
             to_save, model_format = model.merge_and_unload(), "full"  # LoRA folded into plain weights
 
         def write_parts(staging: Path) -> None:
@@ -117,6 +118,8 @@ class FineTune(Strategy):
                   "stopped_early": result.stopped_early, "still_improving": result.still_improving is not None,
                   "train_samples_per_s": round(result.samples_per_s, 2),
                   "train_seconds": round(result.train_seconds, 2), "parameters": counts, "unknown_token_rate": unknown}
+        if result.sharding:
+            report["sharding"] = result.sharding
         if result.resumed_at:
             report["resumed_at_steps"] = result.resumed_at
         if adversary is not None:
