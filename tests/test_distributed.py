@@ -163,7 +163,7 @@ def test_sharding_refuses_training_hooks_by_name(tmp_path: Path, tiny_bert: Path
 
 def test_a_killed_sharded_run_resumes_from_its_checkpoint_on_two_processes_or_one(tmp_path: Path,
                                                                                   tiny_bert: Path) -> None:
-    path, config = write_run(tmp_path, tiny_bert, "fsdp", rows=160, epochs=10, checkpoint_every=10, eval_every=50,
+    path, config = write_run(tmp_path, tiny_bert, "fsdp", rows=80, epochs=10, checkpoint_every=10, eval_every=50,
                              ema_decay=0.9, sharding="fsdp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2"],

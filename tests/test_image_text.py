@@ -296,3 +296,36 @@ def test_a_frozen_image_tower_alone_is_a_linear_probe_and_lora_needs_something_t
     with pytest.raises(ConfigError, match="no module to adapt"):
         tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "lora", "image_only", task={"frozen": ["image"]},
                                  method={"name": "lora"}), train=str(coloured))
+
+
+def test_a_frozen_image_tower_runs_once_per_image_while_training_with_the_same_results(coloured: Path, tiny_bert: Path,
+                                                                                       tiny_vit: Path, tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    from tunelab.tasks.image_text import FusionClassifier
+
+    images_run: list[int] = []
+    run_image = FusionClassifier._run_image
+
+    def counted(self: FusionClassifier, pixel_values: torch.Tensor) -> torch.Tensor:
+        images_run.append(len(pixel_values))
+        return run_image(self, pixel_values)
+
+    monkeypatch.setattr(FusionClassifier, "_run_image", counted)
+    runs, counts = {}, {}
+    for name, cache_mb in (("cached", 2048), ("uncached", 0)):
+        images_run.clear()
+        cfg = image_config(tiny_bert, tiny_vit, tmp_path / name, task={"frozen": ["image"], "image_cache_mb": cache_mb},
+                           train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-3, "seed": 3, "eval_every": 3})
+        runs[name] = tunelab.fit(cfg, train=str(coloured))
+        counts[name] = sum(images_run)
+    rows = sum(1 for _ in coloured.open())
+    # cached: each distinct image once inside the loop (at most one per row), plus the validation images once more
+    # in the final evaluation after it; uncached: every image every epoch and every evaluation
+    assert counts["cached"] <= rows + rows // 4 < counts["uncached"] / 2
+    assert [h["loss"] for h in runs["cached"].train.history] == pytest.approx(
+        [h["loss"] for h in runs["uncached"].train.history], rel=1e-5, abs=1e-7)
+    assert runs["cached"].metrics["accuracy"] == runs["uncached"].metrics["accuracy"]
+    # the cache ends with training: the trained model runs its tower for every prediction
+    images_run.clear()
+    runs["cached"].live.predict([{"text": "a thing", "image": str(coloured.parent / "img" / "0.png")}] * 2)
+    assert sum(images_run) == 2

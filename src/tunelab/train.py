@@ -381,122 +381,128 @@ def train_loop(inp: LoopInputs) -> TrainResult:
     # eval_every unset: once an epoch, and in a run of fewer than 4 epochs also at each quarter of it, so keep-best,
     # early stopping and the still-improving check have evaluations to go on
     quarter = math.ceil(total_steps / 4) if not cfg.eval_every and total_steps < 4 * windows_per_epoch else None
-    model.train()
-    done = st["step"] >= total_steps or st["stopped_early"]
-    while not done:
-        batches = epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=st["epoch"], group_by_length=cfg.group_by_length)
-        windows = [batches[i : i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
-        while st["window"] < len(windows):
-            window = windows[st["window"]]
-            window_items = sum(inp.task.loss_units(inp.train_features[i]) for b in window for i in b)
-            window_examples = sum(len(b) for b in window)
-            started = time.perf_counter()
-            step_loss = 0.0
-            for position, whole in enumerate(window):
-                # Each rank takes its share of the micro-batch; DDP averages the ranks' gradients, so each
-                # scales its loss by the number of ranks: the sum is the one-process loss of the whole window.
-                micro, scale = shard(whole, rank, size), float(size)
-                if not micro:  # fewer examples than ranks: take part in the gradient exchange with a zero loss
-                    micro, scale = whole[:1], 0.0
-                micro_features = [inp.train_features[i] for i in micro]
-                batch = {k: v.to(device) for k, v in collate(micro_features).items()}
-                labels = batch.pop("labels")
+    scope = contextlib.ExitStack()
+    if sharded is None:  # sharded, every rank must run the same forward passes: no per-rank caches
+        scope.enter_context(inp.task.training_scope(core))  # e.g. a frozen image tower's outputs, kept while training
+    with scope:
+        model.train()
+        done = st["step"] >= total_steps or st["stopped_early"]
+        while not done:
+            batches = epoch_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=st["epoch"],
+                                    group_by_length=cfg.group_by_length)
+            windows = [batches[i : i + cfg.grad_accum_steps] for i in range(0, len(batches), cfg.grad_accum_steps)]
+            while st["window"] < len(windows):
+                window = windows[st["window"]]
+                window_items = sum(inp.task.loss_units(inp.train_features[i]) for b in window for i in b)
+                window_examples = sum(len(b) for b in window)
+                started = time.perf_counter()
+                step_loss = 0.0
+                for position, whole in enumerate(window):
+                    # Each rank takes its share of the micro-batch; DDP averages the ranks' gradients, so each
+                    # scales its loss by the number of ranks: the sum is the one-process loss of the whole window.
+                    micro, scale = shard(whole, rank, size), float(size)
+                    if not micro:  # fewer examples than ranks: take part in the gradient exchange with a zero loss
+                        micro, scale = whole[:1], 0.0
+                    micro_features = [inp.train_features[i] for i in micro]
+                    batch = {k: v.to(device) for k, v in collate(micro_features).items()}
+                    labels = batch.pop("labels")
 
-                def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, items: int = window_items,
-                                 scale: float = scale, **overrides: Any) -> torch.Tensor:
-                    outputs = model(**with_overrides(batch, overrides))
-                    return inp.task.loss_sum(outputs, labels, weights) * scale / max(items, 1)
+                    def compute_loss(batch: dict[str, Any] = batch, labels: Any = labels, items: int = window_items,
+                                     scale: float = scale, **overrides: Any) -> torch.Tensor:
+                        outputs = model(**with_overrides(batch, overrides))
+                        return inp.task.loss_sum(outputs, labels, weights) * scale / max(items, 1)
 
-                last = position == len(window) - 1  # gradients are exchanged once per window, after its last
-                if sharded is not None:
-                    model.set_requires_gradient_sync(last)
-                with accelerator.no_sync(model) if size > 1 and not last and sharded is None \
-                        else contextlib.nullcontext():
-                    loss = compute_loss()
-                    ctx = StepContext(core, batch, labels, st["step"],
-                                      len(micro) * scale / window_examples, compute_loss, accelerator.backward)
-                    for hook in inp.hooks:
-                        extra = hook.extra_loss(ctx)
-                        if extra is not None:
-                            loss = loss + extra * ctx.weight
-                    accelerator.backward(loss)
-                    for hook in inp.hooks:
-                        hook.after_backward(ctx)
-                step_loss += float(loss.detach())
-            st["tokens_seen"] += sum(inp.task.feature_length(inp.train_features[i]) for b in window for i in b)
-            if size > 1:  # the window's loss over all ranks, as one process would have computed it
-                step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
-                    f"(now {inp.learning_rate:g}) or check the labels for extreme values"
-                )
-            if sharded is not None:  # the norm over every rank's shards (inf: measure, do not clip)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
-            elif cfg.max_grad_norm:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-            else:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                norms = [torch.linalg.vector_norm(g) for g in grads]
-                grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if grads else 0.0
-            for hook in inp.hooks:
-                hook.before_optimizer_step(core, st["step"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if average is not None:
-                average.update()
-            st["train_seconds"] += time.perf_counter() - started
-            st["samples_seen"] += window_examples
-            st["step"] += 1
-            st["window"] += 1
-            lr_now = scheduler.get_last_lr()[0]
-            st["history"].append({"step": st["step"], "epoch": round(st["epoch"] + st["window"] / len(windows), 4),
-                                  "loss": step_loss, "lr": lr_now, "grad_norm": grad_norm})
+                    last = position == len(window) - 1  # gradients are exchanged once per window, after its last
+                    if sharded is not None:
+                        model.set_requires_gradient_sync(last)
+                    with accelerator.no_sync(model) if size > 1 and not last and sharded is None \
+                            else contextlib.nullcontext():
+                        loss = compute_loss()
+                        ctx = StepContext(core, batch, labels, st["step"],
+                                          len(micro) * scale / window_examples, compute_loss, accelerator.backward)
+                        for hook in inp.hooks:
+                            extra = hook.extra_loss(ctx)
+                            if extra is not None:
+                                loss = loss + extra * ctx.weight
+                        accelerator.backward(loss)
+                        for hook in inp.hooks:
+                            hook.after_backward(ctx)
+                    step_loss += float(loss.detach())
+                st["tokens_seen"] += sum(inp.task.feature_length(inp.train_features[i]) for b in window for i in b)
+                if size > 1:  # the window's loss over all ranks, as one process would have computed it
+                    step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean"))
+                if not math.isfinite(step_loss):
+                    raise TrainingError(
+                        f"loss became {step_loss} at step {st['step'] + 1}: lower train.learning_rate "
+                        f"(now {inp.learning_rate:g}) or check the labels for extreme values"
+                    )
+                if sharded is not None:  # the norm over every rank's shards (inf: measure, do not clip)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+                elif cfg.max_grad_norm:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                else:
+                    grads = [p.grad for p in model.parameters() if p.grad is not None]
+                    norms = [torch.linalg.vector_norm(g) for g in grads]
+                    grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if grads else 0.0
+                for hook in inp.hooks:
+                    hook.before_optimizer_step(core, st["step"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update()
+                st["train_seconds"] += time.perf_counter() - started
+                st["samples_seen"] += window_examples
+                st["step"] += 1
+                st["window"] += 1
+                lr_now = scheduler.get_last_lr()[0]
+                st["history"].append({"step": st["step"], "epoch": round(st["epoch"] + st["window"] / len(windows), 4),
+                                      "loss": step_loss, "lr": lr_now, "grad_norm": grad_norm})
 
-            # Guards against silent failure: a loss that never moves, or gradients that are all zero.
-            unchanged_loss_steps = unchanged_loss_steps + 1 if last_loss is not None and step_loss == last_loss else 0
-            zero_grad_steps = zero_grad_steps + 1 if grad_norm == 0.0 else 0
-            last_loss = step_loss
-            if unchanged_loss_steps >= cfg.stuck_patience:
-                raise TrainingError(f"loss stuck at {step_loss:.6g} for {unchanged_loss_steps} steps: nothing is learning "
-                                    "(learning rate 0? dropout 0 and frozen weights?)")
-            if zero_grad_steps >= cfg.stuck_patience:
-                raise TrainingError(f"gradients were zero for {zero_grad_steps} steps: the loss does not depend on the "
-                                    "trainable parameters")
+                # Guards against silent failure: a loss that never moves, or gradients that are all zero.
+                unchanged_loss_steps = unchanged_loss_steps + 1 if last_loss is not None and step_loss == last_loss else 0
+                zero_grad_steps = zero_grad_steps + 1 if grad_norm == 0.0 else 0
+                last_loss = step_loss
+                if unchanged_loss_steps >= cfg.stuck_patience:
+                    raise TrainingError(f"loss stuck at {step_loss:.6g} for {unchanged_loss_steps} steps: nothing is learning "
+                                        "(learning rate 0? dropout 0 and frozen weights?)")
+                if zero_grad_steps >= cfg.stuck_patience:
+                    raise TrainingError(f"gradients were zero for {zero_grad_steps} steps: the loss does not depend on the "
+                                        "trainable parameters")
 
-            if cfg.track != "none" and st["step"] % cfg.log_every == 0:
-                accelerator.log({"train/loss": step_loss, "train/lr": lr_now, "train/grad_norm": grad_norm}, step=st["step"])
-            bar.update(1)
-            if st["step"] % cfg.log_every == 0 or st["step"] == total_steps:
-                bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f}")
-            if bar.disable and accelerator.is_main_process and time.perf_counter() - last_report >= 30:
-                last_report = time.perf_counter()
-                print(f"step {st['step']}/{total_steps}: loss {step_loss:.4f}, "
-                      f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f} samples/s", file=sys.stderr, flush=True)
+                if cfg.track != "none" and st["step"] % cfg.log_every == 0:
+                    accelerator.log({"train/loss": step_loss, "train/lr": lr_now, "train/grad_norm": grad_norm}, step=st["step"])
+                bar.update(1)
+                if st["step"] % cfg.log_every == 0 or st["step"] == total_steps:
+                    speed = st["samples_seen"] / max(st["train_seconds"], 1e-9)
+                    bar.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{speed:.1f}")
+                if bar.disable and accelerator.is_main_process and time.perf_counter() - last_report >= 30:
+                    last_report = time.perf_counter()
+                    print(f"step {st['step']}/{total_steps}: loss {step_loss:.4f}, "
+                          f"{st['samples_seen'] / max(st['train_seconds'], 1e-9):.1f} samples/s", file=sys.stderr, flush=True)
 
-            end_of_epoch = st["window"] == len(windows)
-            last_step = st["step"] >= total_steps
-            if (cfg.eval_every and st["step"] % cfg.eval_every == 0) or last_step or (
-                    not cfg.eval_every and (end_of_epoch or (quarter and st["step"] % quarter == 0))):
-                if not st["evals"] or st["evals"][-1]["step"] != st["step"]:
-                    run_eval()
-            if end_of_epoch:
-                st["epoch"] += 1
-                st["window"] = 0
-            if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step and (
-                    main or sharded is not None):
-                state = training_state(core, optimizer, average, best_state, sharded is not None, main)
-                if main:
-                    save_checkpoint(inp.run_dir, {
-                        **state, "scheduler": scheduler.state_dict(), "rng": rng_states(), "loop": st,
-                        "total_steps": total_steps, "fingerprint": inp.fingerprint})
-            if last_step or st["stopped_early"]:
-                done = True
-                break
-            if end_of_epoch:
-                break  # next epoch: new batch order
-    bar.close()
+                end_of_epoch = st["window"] == len(windows)
+                last_step = st["step"] >= total_steps
+                if (cfg.eval_every and st["step"] % cfg.eval_every == 0) or last_step or (
+                        not cfg.eval_every and (end_of_epoch or (quarter and st["step"] % quarter == 0))):
+                    if not st["evals"] or st["evals"][-1]["step"] != st["step"]:
+                        run_eval()
+                if end_of_epoch:
+                    st["epoch"] += 1
+                    st["window"] = 0
+                if cfg.checkpoint_every and (st["step"] % cfg.checkpoint_every == 0) and not last_step and (
+                        main or sharded is not None):
+                    state = training_state(core, optimizer, average, best_state, sharded is not None, main)
+                    if main:
+                        save_checkpoint(inp.run_dir, {
+                            **state, "scheduler": scheduler.state_dict(), "rng": rng_states(), "loop": st,
+                            "total_steps": total_steps, "fingerprint": inp.fingerprint})
+                if last_step or st["stopped_early"]:
+                    done = True
+                    break
+                if end_of_epoch:
+                    break  # next epoch: new batch order
+        bar.close()
     improving = None if st["stopped_early"] else still_improving(st["evals"], metric_name, higher_is_better)
     if improving and main:
         print(f"warning: {improving}", file=sys.stderr, flush=True)

@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
@@ -259,6 +260,11 @@ class Task:
     def frozen_modules(self) -> list[str]:
         """Modules of ``build_model``'s model (by name) that keep their pretrained weights under every method."""
         return []
+
+    def training_scope(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """What holds while the loop trains and evaluates ``model`` and ends with it (e.g. a cache of a frozen
+        tower's outputs); default nothing."""
+        return contextlib.nullcontext()
 
     def base_identity(self) -> tuple:
         """What, beyond the base model's path and the label count, makes ``build_model``'s model differ between two

@@ -40,6 +40,9 @@ class ClassificationOptions(TaskOptions):
                                     "or a local HF vision folder (default efficientnet-lite0)")
     frozen: list[Literal["text", "image"]] = Field(default_factory=list, description="with data.image_column: "
                                                    "towers that keep their pretrained weights")
+    image_cache_mb: int = Field(2048, ge=0, description="with a frozen image tower: keep its output for each distinct "
+                                "image while training (the tower then runs once per image, not once per epoch and "
+                                "evaluation), up to this many MB; 0: off")
 
 
 class ClassificationColumns(DataConfig):

@@ -25,10 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -114,6 +116,49 @@ class FusionClassifier(nn.Module):
             module = getattr(self, tower)
             if module is not None:
                 module.requires_grad_(False)
+        self._image_cache: dict[bytes, torch.Tensor] | None = None  # see caching_image_outputs
+        self._image_cache_room = 0
+
+    @contextlib.contextmanager
+    def caching_image_outputs(self, limit_mb: int) -> Iterator[None]:
+        """Within the block a frozen image tower runs once per distinct image: its output is kept (up to
+        ``limit_mb`` MB) and reused by later batches, epochs and evaluations; it is dropped when the block ends.
+
+        A frozen tower is in eval mode and does not train, so its output for an image never changes: the results
+        are those of running it every time. A tower with any trainable weight (LoRA) is run every time.
+
+        Args:
+            limit_mb: the most memory the kept outputs may take; 0 keeps nothing.
+        """
+        self._image_cache, self._image_cache_room = {}, int(limit_mb) << 20
+        try:
+            yield
+        finally:
+            self._image_cache, self._image_cache_room = None, 0
+
+    def _run_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image tower's output as tokens (B, N, C); a convolutional feature map's cells are its tokens."""
+        hidden = self.image(pixel_values=pixel_values).last_hidden_state
+        return hidden.flatten(2).transpose(1, 2) if hidden.dim() == 4 else hidden
+
+    def _image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        cache = self._image_cache
+        if cache is None or any(p.requires_grad for p in self.image.parameters()):
+            return self._run_image(pixel_values)
+        keys = [hashlib.blake2b(v.contiguous().numpy().tobytes(), digest_size=16).digest()
+                for v in pixel_values.detach().cpu()]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        fresh: dict[bytes, torch.Tensor] = {}
+        if missing:
+            with torch.no_grad():
+                computed = self._run_image(pixel_values[missing])
+            for i, tokens in zip(missing, computed):
+                fresh[keys[i]] = tokens
+                size = tokens.numel() * tokens.element_size()
+                if size <= self._image_cache_room and keys[i] not in cache:
+                    cache[keys[i]] = tokens.clone()
+                    self._image_cache_room -= size
+        return torch.stack([cache[key] if key in cache else fresh[key] for key in keys])
 
     def train(self, mode: bool = True) -> FusionClassifier:
         """As ``nn.Module.train``; a frozen tower stays in eval mode (its batch-norm statistics do not move)."""
@@ -147,10 +192,7 @@ class FusionClassifier(nn.Module):
         if self.image is not None:
             if pixel_values is None:
                 raise DataError("this model reads an image with each text: the batch has no pixel_values")
-            hidden = self.image(pixel_values=pixel_values).last_hidden_state
-            if hidden.dim() == 4:  # a convolutional feature map (B, C, H, W): its cells are the image's tokens
-                hidden = hidden.flatten(2).transpose(1, 2)
-            image_tokens = self.image_proj(hidden)
+            image_tokens = self.image_proj(self._image_tokens(pixel_values))
             image_pooled = image_tokens.mean(1)
         if fusion == "text_only":
             joined = text_pooled
@@ -231,7 +273,8 @@ class ImageTextClassificationTask(ClassificationTask):
         base = super().from_training_data(cfg, train)  # the label space; inputs checked by _require_inputs
         fusion = o.fusion or "concat"
         return cls({**base.state, "image_column": cfg.data.image_column, "fusion": fusion,
-                    "image_model": o.image_model or "efficientnet-lite0", "frozen": sorted(set(o.frozen))})
+                    "image_model": o.image_model or "efficientnet-lite0", "frozen": sorted(set(o.frozen)),
+                    "image_cache_mb": o.image_cache_mb})
 
     @classmethod
     def _require_inputs(cls, cfg: Config, train: Records) -> None:
@@ -315,6 +358,14 @@ class ImageTextClassificationTask(ClassificationTask):
     def frozen_modules(self) -> list[str]:
         """The towers ``task.frozen`` names."""
         return [t for t in self.state.get("frozen", []) if self.uses(t)]
+
+    def training_scope(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """With a frozen image tower: its outputs kept while the loop runs (``task.image_cache_mb``)."""
+        limit = int(self.state.get("image_cache_mb", 0))
+        fusion = next((m for m in model.modules() if isinstance(m, FusionClassifier)), None)
+        if "image" not in self.frozen_modules() or not limit or fusion is None:
+            return contextlib.nullcontext()
+        return fusion.caching_image_outputs(limit)
 
     def unknown_token_rate(self, processor: Any, features: list[dict[str, Any]]) -> float | None:
         return super().unknown_token_rate(processor.tokenizer, features) if self.uses("text") else None
