@@ -165,22 +165,7 @@ def test_a_killed_sharded_run_resumes_from_its_checkpoint_on_two_processes_or_on
                                                                                   tiny_bert: Path) -> None:
     path, config = write_run(tmp_path, tiny_bert, "fsdp", rows=80, epochs=10, checkpoint_every=10, eval_every=50,
                              ema_decay=0.9, sharding="fsdp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    checkpoint = tmp_path / "fsdp" / "checkpoint.pt"
-    try:
-        deadline = time.time() + 240
-        while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "no checkpoint was written"
-    finally:  # the whole launch dies at once, as on a lost machine
-        for pid in [*descendants(proc.pid), proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.communicate()
+    kill_launch(launch_until_checkpoint(path, tmp_path / "fsdp" / "checkpoint.pt"))  # at once, as a lost machine
     shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp-on-one")
     reference = tunelab.fit({**config, "output_dir": str(tmp_path / "one"), "train": {**config["train"],
                                                                                        "sharding": "none"}})
@@ -198,15 +183,9 @@ def test_a_killed_sharded_run_resumes_from_its_checkpoint_on_two_processes_or_on
 
 def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(tmp_path: Path, tiny_bert: Path) -> None:
     path, _ = write_run(tmp_path, tiny_bert, "elastic", rows=160, epochs=10, checkpoint_every=10, eval_every=400)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2", "--max-restarts", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoint = tmp_path / "elastic" / "checkpoint.pt"
+    proc = launch_until_checkpoint(path, checkpoint, "--max-restarts", "1")
     try:
-        deadline = time.time() + 240
-        while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "no checkpoint was written"
         victim = worker_with_rank(proc.pid, 1)
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
@@ -221,6 +200,31 @@ def test_a_killed_worker_is_restarted_and_resumes_from_the_checkpoint(tmp_path: 
     steps = history(tmp_path / "elastic")
     assert steps[-1]["step"] == 10 * 160 // 8 and [s["step"] for s in steps] == list(range(1, len(steps) + 1))
     assert not checkpoint.exists()  # the finished run removed it
+
+
+def launch_until_checkpoint(path: Path, checkpoint: Path, *extra: str) -> subprocess.Popen:
+    """``tunelab train PATH --nproc 2 EXTRA`` started and running until ``checkpoint`` exists (the launch is killed
+    and the test fails when it does not appear)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path), "--nproc", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if not checkpoint.exists():
+        kill_launch(proc)
+        raise AssertionError("no checkpoint was written")
+    return proc
+
+
+def kill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and every worker under it, and wait for it."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
 
 
 def worker_with_rank(root: int, rank: int) -> int:

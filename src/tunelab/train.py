@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -178,8 +179,6 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
             except ImportError:
                 raise ConfigError("train.track=tensorboard needs tensorboard: pip install 'tunelab[track]'") from None
         if cfg.track == "mlflow":
-            import os
-
             try:
                 import mlflow  # noqa: F401
             except ImportError:
@@ -193,8 +192,6 @@ def _make_accelerator(cfg: TrainConfig, run_dir: Path) -> Any:
     join_restarted_group()
     # find_unused_parameters: heads leave parts of the base model unused (a BERT pooler under a token head)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    import os
-
     # accelerate --use_fsdp is honoured by tunelab.sharding, not by accelerate (which drops it on CPUs and would
     # otherwise wrap the model a second time on GPUs): accelerate only makes the process group here
     asked = os.environ.pop("ACCELERATE_USE_FSDP", None)
