@@ -322,3 +322,21 @@ def test_a_metric_still_rising_at_the_end_is_reported() -> None:
     assert still_improving(evals(0.80, 0.802), "accuracy", True) is None  # flat
     assert still_improving(evals(0.85, 0.80, 0.82), "accuracy", True) is None  # not the best
     assert still_improving(evals(0.77, 0.70), "accuracy", True) is None
+
+
+def test_train_metric_picks_the_kept_weights_in_its_own_direction(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = sentiment_rows(48)
+    numbers = [{"text": r["text"], "label": 4.0 if r["label"] == "pos" else 1.0} for r in rows]
+    for metric, pick in (("mae", min), ("f1_macro", max)):
+        cfg = tiny_config(tiny_bert, tmp_path / metric, epochs=3, eval_every=3, metric=metric)
+        if metric == "mae":
+            cfg["task"] = {"name": "classification", "problem_type": "regression"}
+        run = tunelab.fit(cfg, train=numbers if metric == "mae" else rows)
+        values = [e["metrics"][metric] for e in run.train.evals]
+        assert run.train.metric_name == metric and len(values) >= 4
+        assert run.train.best_metric == pick(values)  # the first best one, in this metric's direction
+        assert run.train.best_step == run.train.evals[values.index(pick(values))]["step"]
+        assert json.loads((run.artifact_dir / "metrics.json").read_text())["primary_metric"] == metric
+    with pytest.raises(tunelab.errors.ConfigError, match=r"train.metric: 'f1' is not among .*accuracy.*f1_macro"):
+        tunelab.fit(tiny_config(tiny_bert, tmp_path / "bad", epochs=1, metric="f1"), train=rows)
+    assert tunelab.metrics.higher_is_better("accuracy") and not tunelab.metrics.higher_is_better("rmse")

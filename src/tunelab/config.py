@@ -155,6 +155,10 @@ class TrainConfig(_Strict):
                                    "at each quarter of a run shorter than 4 epochs")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
     keep_best: bool = Field(True, description="restore the best evaluated weights at the end")
+    metric: str | None = Field(None, min_length=1, description="the validation metric that picks the best weights "
+                               "(keep_best) and drives early stopping, named as in metrics.json (f1_macro, "
+                               "recall_macro, mae, ...; loss, rmse, mae, wer-like names are lower-is-better); "
+                               "default the task's own (accuracy for single-label classification, f1 for NER, ...)")
     seed: int = 42
     group_by_length: bool = Field(True, description="batch similar lengths together (less padding)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: "

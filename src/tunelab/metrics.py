@@ -79,6 +79,24 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# metrics where lower is better (an error, a loss, a calibration gap); every other metric is higher-is-better
+LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "wer", "cer", "perplexity", "ece")
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of the metric ``name`` is better (``f1_macro``: yes; ``loss``, ``rmse``: no).
+
+    Args:
+        name: a metric's name as it appears in ``metrics.json``.
+
+    Example:
+        >>> higher_is_better("f1_macro"), higher_is_better("eval_loss")
+        (True, False)
+    """
+    last = name.lower().rsplit("_", 1)[-1]
+    return not (name.lower() in LOWER_IS_BETTER or last in LOWER_IS_BETTER)
+
+
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:
     """Entity-level P/R/F1 with seqeval's strict IOB2 semantics (an entity counts only with the exact
     span and type), micro-averaged, plus a per-type report and token accuracy."""

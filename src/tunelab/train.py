@@ -44,6 +44,7 @@ from .config import TrainConfig, flat_fields
 from .distributed import broadcast, join_restarted_group, rank_and_size, refuse_sharded_launch, restarted, shard
 from .errors import ConfigError, TrainingError
 from .hooks import StepContext, TrainHook, with_overrides
+from .metrics import higher_is_better as metric_direction
 from .metrics import scalar_metrics
 from .sharding import (
     gather_model,
@@ -283,6 +284,8 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                                                      for k, v in flat_fields(inp.tracker_config).items()})
     weights = inp.class_weights.to(device) if inp.class_weights is not None else None
     metric_name, higher_is_better = inp.task.primary_metric
+    if cfg.metric:
+        metric_name, higher_is_better = cfg.metric, metric_direction(cfg.metric)
     lengths = [inp.task.feature_length(f) for f in inp.train_features]
 
     # Loop state: everything a resumed run needs besides weights/optimizer/scheduler/RNG.
@@ -347,6 +350,9 @@ def train_loop(inp: LoopInputs) -> TrainResult:
                 metrics = inp.task.evaluate_features(core, inp.processor, inp.val_features, cfg.eval_batch_size, device,
                                                      full=False)
             metrics = broadcast(metrics)
+            if not isinstance(metrics.get(metric_name), (int, float)):
+                raise ConfigError(f"train.metric: {metric_name!r} is not among this task's validation metrics "
+                                  f"({', '.join(sorted(scalar_metrics(metrics)))})")
             value = float(metrics[metric_name])
             improved = st["best_metric"] is None or (value > st["best_metric"] if higher_is_better
                                                      else value < st["best_metric"])
