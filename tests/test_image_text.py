@@ -329,3 +329,41 @@ def test_a_frozen_image_tower_runs_once_per_image_while_training_with_the_same_r
     images_run.clear()
     runs["cached"].live.predict([{"text": "a thing", "image": str(coloured.parent / "img" / "0.png")}] * 2)
     assert sum(images_run) == 2
+
+
+def test_modality_dropout_hides_one_input_per_record_while_training_and_none_when_predicting(
+        coloured: Path, tiny_bert: Path, tiny_vit: Path, tmp_path: Path) -> None:
+    run = tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "run", task={"modality_dropout": 0.3},
+                                   train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-3, "seed": 3}),
+                      train=str(coloured))
+    assert run.metrics["accuracy"] == 1.0  # the label is in the image: hiding it from 30% of records still learns it
+    model = run.predictor().model
+    assert json.loads((run.artifact_dir / "model" / "fusion.json").read_text())["modality_dropout"] == 0.3
+    torch.manual_seed(0)
+    text_kept, image_kept = model._modality_masks(20_000, torch.zeros(1))
+    assert not ((text_kept == 0) & (image_kept == 0)).any()  # never both
+    assert float(1 - text_kept.mean()) == pytest.approx(0.3, abs=0.02)
+    assert float(1 - image_kept.mean()) == pytest.approx(0.3, abs=0.02)
+    row = {"text": "a thing", "image": str(coloured.parent / "img" / "0.png")}
+    repeated = run.predictor().predict([row] * 3)  # prediction hides nothing: the same scores every time
+    assert repeated[0]["scores"] == repeated[2]["scores"]
+    assert repeated[0]["scores"] == pytest.approx(run.predictor().predict([row])[0]["scores"], abs=1e-5)
+    # in training mode a batch of one record repeated sees its text hidden for some copies and its image for others
+    batch = run.predictor().task.collate(run.predictor().processor)(
+        run.predictor().task.encode(tunelab.data.Records([row] * 64, "rows"), run.predictor().processor,
+                                    with_labels=False))
+    model.train()
+    with torch.no_grad():
+        joined = model(**batch, output_hidden_states=True).hidden_states[0]  # concat: [text | image] per record
+    model.eval()
+    width = joined.shape[1] // 2
+    text_hidden, image_hidden = (joined[:, :width] == 0).all(1), (joined[:, width:] == 0).all(1)
+    assert text_hidden.any() and image_hidden.any() and (~text_hidden & ~image_hidden).any()
+    assert not (text_hidden & image_hidden).any()
+    with pytest.raises(ConfigError, match="modality_dropout"):
+        tunelab.fit(image_config(tiny_bert, tiny_vit, tmp_path / "one", "image_only", task={"modality_dropout": 0.2}),
+                    train=str(coloured))
+    plain = tiny_config(tiny_bert, tmp_path / "plain")
+    plain["task"] = {"name": "classification", "modality_dropout": 0.2}
+    with pytest.raises(ConfigError, match="data.image_column"):
+        tunelab.fit(plain, train=str(coloured))

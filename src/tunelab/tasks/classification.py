@@ -43,6 +43,10 @@ class ClassificationOptions(TaskOptions):
     image_cache_mb: int = Field(2048, ge=0, description="with a frozen image tower: keep its output for each distinct "
                                 "image while training (the tower then runs once per image, not once per epoch and "
                                 "evaluation), up to this many MB; 0: off")
+    modality_dropout: float = Field(0.0, ge=0.0, lt=0.5, description="with a two-tower fusion: while training, the "
+                                    "share of records whose text is hidden from the head, and the same share whose "
+                                    "image is (never both), so that the head learns from each input, not only the "
+                                    "easier one; 0: off")
 
 
 class ClassificationColumns(DataConfig):
@@ -104,7 +108,7 @@ class ClassificationTask(LabelScores, Task):
     def from_training_data(cls, cfg: Config, train: Records) -> ClassificationTask:
         if cls.variant(cfg.data) is not cls:
             return cls.variant(cfg.data).from_training_data(cfg, train)
-        for name in ("fusion", "image_model", "frozen"):
+        for name in ("fusion", "image_model", "frozen", "modality_dropout"):
             if getattr(cfg.task, name) and not getattr(cfg.data, "image_column", None):
                 raise ConfigError(f"task.{name} applies to text+image classification: set data.image_column")
         d = cfg.data

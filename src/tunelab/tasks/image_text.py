@@ -93,7 +93,9 @@ class FusionClassifier(nn.Module):
         text: the text encoder (a transformers ``AutoModel``), or None in ``image_only`` mode.
         image: the image encoder (a transformers vision ``AutoModel``), or None in ``text_only`` mode.
         spec: plain data: ``fusion``, ``num_labels``, ``width`` (the text encoder's hidden size), ``image_width``,
-            ``heads`` (cross-attention heads), ``dropout``, ``frozen`` (towers that do not train).
+            ``heads`` (cross-attention heads), ``dropout``, ``frozen`` (towers that do not train),
+            ``modality_dropout`` (while training, the share of records whose text, and the share whose image, the
+            head does not see; default 0).
     """
 
     base_model_prefix = ""  # peft treats a module with a transformers config as a transformers model: none here
@@ -194,6 +196,13 @@ class FusionClassifier(nn.Module):
                 raise DataError("this model reads an image with each text: the batch has no pixel_values")
             image_tokens = self.image_proj(self._image_tokens(pixel_values))
             image_pooled = image_tokens.mean(1)
+        if self.training and self.spec.get("modality_dropout", 0.0) and fusion in ("concat", "gated",
+                                                                                   "cross_attention"):
+            text_kept, image_kept = self._modality_masks(len(image_pooled), image_pooled)
+            text_pooled, image_pooled = text_pooled * text_kept, image_pooled * image_kept
+            if fusion == "cross_attention":  # the attended text carries the image too: hide both parts
+                text_tokens = text_tokens * text_kept.unsqueeze(1)
+                image_tokens = image_tokens * image_kept.unsqueeze(1)
         if fusion == "text_only":
             joined = text_pooled
         elif fusion == "image_only":
@@ -210,6 +219,15 @@ class FusionClassifier(nn.Module):
             joined = torch.cat([(mixed * mask).sum(1) / mask.sum(1).clamp(min=1.0), image_pooled], dim=-1)
         return SequenceClassifierOutput(logits=self.fusion_head(joined),
                                         hidden_states=(joined,) if output_hidden_states else None)
+
+    def _modality_masks(self, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-record (n, 1) masks for modality dropout: a share ``p`` of the records loses its text, another share
+        ``p`` its image, the rest keep both (no record loses both)."""
+        p = float(self.spec["modality_dropout"])
+        draw = torch.rand(n, 1, device=like.device)
+        text_kept = (draw >= p).to(like.dtype)
+        image_kept = ((draw < p) | (draw >= 2 * p)).to(like.dtype)
+        return text_kept, image_kept
 
     def get_input_embeddings(self) -> nn.Module | None:
         """The text tower's word embeddings (explanations and peft read them); None in ``image_only`` mode."""
@@ -274,7 +292,7 @@ class ImageTextClassificationTask(ClassificationTask):
         fusion = o.fusion or "concat"
         return cls({**base.state, "image_column": cfg.data.image_column, "fusion": fusion,
                     "image_model": o.image_model or "efficientnet-lite0", "frozen": sorted(set(o.frozen)),
-                    "image_cache_mb": o.image_cache_mb})
+                    "image_cache_mb": o.image_cache_mb, "modality_dropout": o.modality_dropout})
 
     @classmethod
     def _require_inputs(cls, cfg: Config, train: Records) -> None:
@@ -284,6 +302,8 @@ class ImageTextClassificationTask(ClassificationTask):
             super()._require_inputs(cfg, train)
         if "image" in uses:
             require_column(train, d.image_column, "images", "data.image_column")
+        if cfg.task.modality_dropout and len(uses) < 2:
+            raise ConfigError(f"task.modality_dropout hides one input of two: fusion {cfg.task.fusion!r} reads one")
         for tower in cfg.task.frozen:
             if tower not in uses:
                 raise ConfigError(f"task.frozen: {tower!r} is not used by fusion {cfg.task.fusion or 'concat'!r}")
@@ -442,7 +462,8 @@ class ImageTextClassificationTask(ClassificationTask):
             width = tower_width(text_config)
             spec = {"fusion": self.state["fusion"], "num_labels": len(self.labels), "width": width,
                     "heads": attention_heads(width, text_config), "frozen": self.state.get("frozen", []),
-                    "dropout": 0.1 if dropout is None else float(dropout)}
+                    "dropout": 0.1 if dropout is None else float(dropout),
+                    "modality_dropout": float(self.state.get("modality_dropout", 0.0))}
             text_path = model_path
             image_path = resolve_model(self.state["image_model"]).path if self.uses("image") else None
         with quiet_loading():
