@@ -80,11 +80,12 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 # metrics where lower is better (an error, a loss, a calibration gap); every other metric is higher-is-better
-LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "wer", "cer", "perplexity", "ece")
+LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "error", "wer", "cer", "perplexity", "ece")
 
 
 def higher_is_better(name: str) -> bool:
-    """Whether a larger value of the metric ``name`` is better (``f1_macro``: yes; ``loss``, ``rmse``: no).
+    """Whether a larger value of the metric ``name`` is better (``f1_macro``: yes; ``loss``, ``eval_loss``,
+    ``rmse``, ``error_rate``: no): lower is better when a ``_``-separated word of the name is in ``LOWER_IS_BETTER``.
 
     Args:
         name: a metric's name as it appears in ``metrics.json``.
@@ -93,8 +94,7 @@ def higher_is_better(name: str) -> bool:
         >>> higher_is_better("f1_macro"), higher_is_better("eval_loss")
         (True, False)
     """
-    last = name.lower().rsplit("_", 1)[-1]
-    return not (name.lower() in LOWER_IS_BETTER or last in LOWER_IS_BETTER)
+    return not any(word in LOWER_IS_BETTER for word in name.lower().split("_"))
 
 
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict[str, Any]:

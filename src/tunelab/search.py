@@ -40,6 +40,7 @@ from .config import Config, build_config, read_config_file
 from .data import read_records
 from .errors import ConfigError, TunelabError
 from .hooks import TrainHook
+from .metrics import higher_is_better
 from .registry import TASKS
 from .runs import text_table
 from .search_space import Param, apply, check_space, parse_space
@@ -47,7 +48,6 @@ from .search_space import Param, apply, check_space, parse_space
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 KEEP = ("best", "all", "none")
-MINIMIZED = ("loss", "rmse", "mae", "mse", "error", "perplexity", "wer", "cer")
 
 
 @dataclass
@@ -159,7 +159,8 @@ def prepare_search(config: Any, space: dict[str, Any] | None, overrides: dict[st
     if train_records is None:
         raise ConfigError("search: no training data: set data.train in the config or pass train=...")
     val_records = read_records(validation) if validation is not None else None
-    metric = metric or TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0]
+    metric = (metric or cfg.train.metric
+              or TASKS.get(cfg.task.name).from_training_data(cfg, train_records).primary_metric[0])
     return base, params, cfg, out, train_records, val_records, metric, _direction(metric, direction)
 
 
@@ -168,7 +169,7 @@ def _direction(metric: str, direction: str | None) -> str:
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
         return direction
-    return "minimize" if any(word in metric.lower() for word in MINIMIZED) else "maximize"
+    return "maximize" if higher_is_better(metric) else "minimize"
 
 
 def _storage(optuna: Any, url: str) -> Any:
@@ -201,7 +202,7 @@ def search(config: Config | dict[str, Any] | str | Path, *, space: dict[str, Any
         space: ``{dotted field: distribution}``, instead of the config's ``search:`` section.
         trials: finished trials (complete or pruned) the study should have, counting earlier runs of it.
         output_dir: where trials, the study and the results go (default: the config's ``output_dir``).
-        metric: the validation metric to optimise (default: the task's primary metric).
+        metric: the validation metric to optimise (default: the config's ``train.metric``, else the task's primary metric).
         direction: ``maximize`` or ``minimize`` (default: from the metric).
         sampler: ``tpe`` (default) or ``random``.
         pruner: ``median`` (default), ``hyperband`` or ``none``; pruning needs evaluations during training
