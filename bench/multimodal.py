@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--titles", type=Path, required=True)
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--modes", nargs="+", default=["text_only", "image_only", "concat", "gated", "cross_attention"])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--modality-dropout", type=float, default=0.0, help="task.modality_dropout of the fused modes")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench-multimodal"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multimodal.json")
