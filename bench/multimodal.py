@@ -70,10 +70,12 @@ def build(images: Path, titles: Path, labels: Path, work: Path, seed: int = 0) -
     return paths
 
 
-def run_mode(mode: str, paths: dict[str, Path], work: Path, epochs: int, modality_dropout: float = 0.0) -> dict:
+def run_mode(mode: str, paths: dict[str, Path], work: Path, epochs: int, modality_dropout: float = 0.0,
+             train_image_tower: bool = False) -> dict:
     import tunelab
 
-    task = {"name": "classification", "fusion": mode, "frozen": [] if mode == "text_only" else ["image"]}
+    task = {"name": "classification", "fusion": mode,
+            "frozen": [] if mode == "text_only" or train_image_tower else ["image"]}
     if mode not in ("text_only", "image_only"):  # it hides one of two inputs: the one-tower ablations have one
         task["modality_dropout"] = modality_dropout
     cfg = {"model": "minilm", "strategy": "finetune", "output_dir": str(work / mode), "task": task,
@@ -107,6 +109,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["text_only", "image_only", "concat", "gated", "cross_attention"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--modality-dropout", type=float, default=0.0, help="task.modality_dropout of the fused modes")
+    parser.add_argument("--train-image-tower", action="store_true",
+                        help="fine-tune EfficientNet-Lite0 with the rest (default: frozen, its outputs cached)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench-multimodal"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "multimodal.json")
     args = parser.parse_args()
@@ -116,7 +120,7 @@ def main() -> None:
     print(f"records: {sizes}", file=sys.stderr)
     results = {}
     for mode in args.modes:
-        results[mode] = run_mode(mode, paths, args.work, args.epochs, args.modality_dropout)
+        results[mode] = run_mode(mode, paths, args.work, args.epochs, args.modality_dropout, args.train_image_tower)
         print(mode, json.dumps(results[mode]), file=sys.stderr)
     out = summary(results, sizes, args)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
@@ -141,9 +145,11 @@ def summary(results: dict, sizes: dict, args: argparse.Namespace) -> dict:
         "fused_gain_points": gain, "target_gain_points": 2.0,
         "images_per_s_train": results[best]["train_samples_per_s"] if best else None,
         "images_per_s_predict": results[best]["predict_per_s"] if best else None,
-        "runs": results, "epochs": args.epochs, "modality_dropout": args.modality_dropout, "cores": os.cpu_count(),
+        "runs": results, "epochs": args.epochs, "modality_dropout": args.modality_dropout,
+        "image_tower": "fine-tuned" if args.train_image_tower else "frozen", "cores": os.cpu_count(),
         "command": "python bench/multimodal.py --images IMAGES_DIR --titles TITLES_CSV --labels LABELS_CSV "
-                   + f"--epochs {args.epochs} --modality-dropout {args.modality_dropout} --modes {' '.join(args.modes)}",
+                   + f"--epochs {args.epochs} --modality-dropout {args.modality_dropout} --modes {' '.join(args.modes)}"
+                   + (" --train-image-tower" if args.train_image_tower else ""),
     }
 
 
