@@ -67,3 +67,14 @@ def tags_from_prediction(prediction, labels: list[str]) -> tuple[list[list[str]]
         gold_tags.append([labels[g] for g in g_row[keep]])
         pred_tags.append([labels[p] for p in p_row[keep]])
     return gold_tags, pred_tags
+
+
+def split_slices(work: Path, rows: dict[str, int], prefix: str) -> dict[str, Path]:
+    """The first ``rows[name]`` records of each split ``work/<name>.jsonl`` (written by bench/multimodal.py), saved as
+    ``work/<prefix>_<name>.jsonl``; returns those paths by split name."""
+    slices = {}
+    for name, count in rows.items():
+        lines = (work / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+        slices[name] = work / f"{prefix}_{name}.jsonl"
+        slices[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return slices

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import split_slices  # noqa: E402
 
 
 def main() -> None:
@@ -33,11 +35,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import tunelab
 
-    slices = {}
-    for name, rows in (("train", args.train_rows), ("validation", args.val_rows)):
-        lines = (args.work / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
-        slices[name] = args.work / f"cache_probe_{name}.jsonl"
-        slices[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    slices = split_slices(args.work, {"train": args.train_rows, "validation": args.val_rows}, "cache_probe")
     report: dict = {"train_rows": args.train_rows, "validation_rows": args.val_rows, "epochs": args.epochs,
                     "cores": os.cpu_count(), "runs": {}}
     for name, cache_mb in (("cache_off", 0), ("cache_on", 2048)):
