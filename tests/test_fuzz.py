@@ -197,6 +197,8 @@ BAD_OVERRIDES = [
     (["train.resume=perhaps"], ["train.resume"]),
     (["train.discard_checkpoint=maybe"], ["train.discard_checkpoint"]),
     (["train.resume_with_changes=[1]"], ["train.resume_with_changes"]),
+    (["task.modality_dropout=0.7"], ["task.modality_dropout"]),
+    (["task.modality_dropout=0.2"], ["task.modality_dropout", "data.image_column"]),
 ]
 
 
@@ -206,6 +208,16 @@ def test_bad_config_overrides(overrides, expected, config_file: Path, tmp_path: 
     code, _, err = cli(["train", str(config_file), *overrides], capsys)
     user_error(code, err, *expected)
     assert config_file.read_bytes() == before
+    assert not (tmp_path / "run" / "artifact").exists()
+
+
+@pytest.mark.parametrize("metric", ["f1_weird", "confusion_matrix"])
+def test_a_train_metric_the_task_does_not_report_stops_at_the_first_evaluation(metric, config_file: Path,
+                                                                                  tmp_path: Path, capsys) -> None:
+    # the names are known once the task has evaluated: the run stops there, with the names it does report
+    code, _, err = cli(["train", str(config_file), f"train.metric={metric}"], capsys)
+    last = err.strip().splitlines()[-1]
+    user_error(code, last, "train.metric", f"{metric!r} is not among", "accuracy, f1_macro")
     assert not (tmp_path / "run" / "artifact").exists()
 
 
